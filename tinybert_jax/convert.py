@@ -1,0 +1,365 @@
+"""Hugging Face BERT <-> Flax conversion: import teachers, export students, and the conversion CLI.
+
+Weight names: Hugging Face stores `[bert.]embeddings.*`, `[bert.]encoder.layer.{i}.*`, `[bert.]pooler.*` and the
+heads `cls.predictions.*` / `classifier.*`; our encoder layers are stacked on a leading axis, Linear weights are
+transposed ([out, in] -> [in, out]) and LayerNorm weight/bias are scale/bias.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Optional
+
+import jax
+import numpy as np
+from flax import serialization
+import flax.linen as nn
+
+from tinybert_jax import hf_checkpoint
+from tinybert_jax.errors import InputError
+from tinybert_jax.files import atomic_output_dir
+from tinybert_jax.models.bert import ACTIVATIONS, BertConfig, abstract_params
+
+log = logging.getLogger(__name__)
+
+# HF parameter suffix -> (our leaf name, whether the array is transposed)
+_KINDS = {
+    "linear": (("weight", "kernel", True), ("bias", "bias", False)),
+    "norm": (("weight", "scale", False), ("bias", "bias", False)),
+    "embed": (("weight", "embedding", False),),
+}
+_EMBEDDINGS = (("embeddings.word_embeddings", ("embeddings", "word_embeddings"), "embed"),
+               ("embeddings.position_embeddings", ("embeddings", "position_embeddings"), "embed"),
+               ("embeddings.token_type_embeddings", ("embeddings", "token_type_embeddings"), "embed"),
+               ("embeddings.LayerNorm", ("embeddings", "LayerNorm"), "norm"))
+_LAYER = (("attention.self.query", "query", "linear"),
+          ("attention.self.key", "key", "linear"),
+          ("attention.self.value", "value", "linear"),
+          ("attention.output.dense", "attention_output", "linear"),
+          ("attention.output.LayerNorm", "attention_norm", "norm"),
+          ("intermediate.dense", "intermediate", "linear"),
+          ("output.dense", "output", "linear"),
+          ("output.LayerNorm", "output_norm", "norm"))
+_MLM_BIAS = "cls.predictions.bias"
+_TIED_DECODER = "cls.predictions.decoder.weight"
+# Present in real checkpoints, not part of our model; reason None: a buffer, dropped silently.
+_IGNORED = ((re.compile(r"^embeddings\.position_ids$"), None),
+            (re.compile(r"^cls\.seq_relationship\."), "the next-sentence-prediction head"),
+            (re.compile(r"^fit_denses?\."), "TinyBERT's fit_dense training projection"))
+_REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "intermediate_size")
+
+
+class WeightName(NamedTuple):
+    hf: str  # without the `bert.` prefix; `{}` stands for the layer index in per-layer names
+    flax: tuple  # path in our params tree
+    transpose: bool
+    per_layer: bool
+
+
+def weight_names(cfg: BertConfig) -> Iterator[WeightName]:
+    """Every parameter of a model with this config, in Hugging Face and Flax naming."""
+    modules = [(hf, path, kind, False) for hf, path, kind in _EMBEDDINGS]
+    modules += [(f"encoder.layer.{{}}.{hf}", ("layers", name), kind, True) for hf, name, kind in _LAYER]
+    if cfg.pooler:
+        modules.append(("pooler.dense", ("pooler",), "linear", False))
+    if cfg.mlm_head:
+        modules += [("cls.predictions.transform.dense", ("mlm_head", "transform"), "linear", False),
+                    ("cls.predictions.transform.LayerNorm", ("mlm_head", "transform_norm"), "norm", False)]
+    if cfg.num_labels:
+        modules.append(("classifier", ("classifier",), "linear", False))
+    for hf, path, kind, per_layer in modules:
+        for hf_suffix, leaf, transpose in _KINDS[kind]:
+            yield WeightName(f"{hf}.{hf_suffix}", path + (leaf,), transpose, per_layer)
+    if cfg.mlm_head:
+        yield WeightName(_MLM_BIAS, ("mlm_head", "bias"), False, False)
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith(("cls.", "classifier."))
+
+
+# ----------------------------------------------------------------------------------------------- configs
+def config_from_hf(config: dict, config_file: Path, *, pooler: bool, mlm_head: bool, num_labels: int) -> BertConfig:
+    model_type = config.get("model_type")
+    if model_type not in (None, "bert"):  # released TinyBERT configs carry no model_type
+        raise InputError(f"{config_file}: model_type {model_type!r} is not a BERT; this converter reads "
+                         f"model_type 'bert' (or TinyBERT configs without model_type)")
+    missing = [key for key in _REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise InputError(f"{config_file}: missing key(s) {missing}; a BERT config.json needs {_REQUIRED_CONFIG_KEYS}")
+    act = config.get("hidden_act", "gelu")
+    if act not in ACTIVATIONS:
+        raise InputError(f"{config_file}: hidden_act {act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+    fields = {f.name for f in dataclasses.fields(BertConfig)} - {"dtype", "param_dtype", "pooler", "mlm_head",
+                                                                   "num_labels"}
+    known = {key: config[key] for key in fields if config.get(key) is not None}
+    try:
+        return BertConfig(**known, pooler=pooler, mlm_head=mlm_head, num_labels=num_labels)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{config_file}: {e}") from e
+
+
+def config_to_hf(cfg: BertConfig, id2label: Optional[dict[int, str]] = None) -> dict:
+    if cfg.num_labels:
+        architecture = "BertForSequenceClassification"
+    elif cfg.mlm_head:
+        architecture = "BertForMaskedLM"
+    else:
+        architecture = "BertModel"
+    config = {key: value for key, value in dataclasses.asdict(cfg).items()
+              if key not in ("dtype", "param_dtype", "pooler", "mlm_head", "num_labels")}
+    config.update(model_type="bert", architectures=[architecture], tie_word_embeddings=True, pad_token_id=0)
+    if cfg.num_labels:
+        id2label = id2label or {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
+        if sorted(int(i) for i in id2label) != list(range(cfg.num_labels)):
+            raise InputError(f"id2label keys {sorted(id2label)} must be exactly 0..{cfg.num_labels - 1}")
+        config["id2label"] = {str(i): str(label) for i, label in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
+        config["label2id"] = {label: int(i) for i, label in config["id2label"].items()}
+        config["problem_type"] = "regression" if cfg.num_labels == 1 else "single_label_classification"
+    return config
+
+
+# ----------------------------------------------------------------------------------------------- import
+def _normalise_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Strip the `bert.` prefix and map legacy LayerNorm gamma/beta to weight/bias."""
+    out = {}
+    for name, value in weights.items():
+        name = name.removeprefix("bert.")
+        name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
+        name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+        out[name] = value
+    if _MLM_BIAS not in out and "cls.predictions.decoder.bias" in out:
+        out[_MLM_BIAS] = out.pop("cls.predictions.decoder.bias")
+    out.pop("cls.predictions.decoder.bias", None)
+    return out
+
+
+def load_hf_bert(path_or_hub_id: str) -> tuple[BertConfig, dict[str, Any]]:
+    """Reads a Hugging Face BERT checkpoint (directory or hub id) into (BertConfig, params of numpy arrays).
+
+    Heads are taken from the weights present: pooler, masked-LM (`cls.predictions.*`), classifier.
+    """
+    ckpt_dir = hf_checkpoint.resolve_checkpoint_dir(path_or_hub_id)
+    config = hf_checkpoint.read_config(ckpt_dir)
+    raw, source = hf_checkpoint.read_weights(ckpt_dir)
+    weights = _normalise_names(raw)
+    classifier = weights.get("classifier.weight")
+    if classifier is not None and getattr(classifier, "ndim", 0) != 2:
+        raise InputError(f"{source}: weight 'classifier.weight' has shape {classifier.shape}, expected "
+                         f"[num_labels, hidden_size]")
+    cfg = config_from_hf(config, ckpt_dir / "config.json", pooler="pooler.dense.weight" in weights,
+                         mlm_head="cls.predictions.transform.dense.weight" in weights,
+                         num_labels=0 if classifier is None else classifier.shape[0])
+    params = _params_from_hf(cfg, weights, source)
+    _report_unused(cfg, weights, params, source)
+    return cfg, params
+
+
+def _params_from_hf(cfg: BertConfig, weights: dict[str, np.ndarray], source: Path) -> dict[str, Any]:
+    expected = nn.meta.unbox(abstract_params(cfg))
+    dtype = np.dtype(jax.numpy.dtype(cfg.param_dtype))
+    params: dict[str, Any] = {}
+    for name in weight_names(cfg):
+        want = _get_path(expected, name.flax)
+        want_shape = want.shape[1:] if name.per_layer else want.shape
+        hf_names = [name.hf.format(i) for i in range(cfg.num_hidden_layers)] if name.per_layer else [name.hf]
+        arrays = []
+        for hf_name in hf_names:
+            if hf_name not in weights:
+                raise InputError(f"{source}: weight '{hf_name}' is missing; config.json describes a BERT with "
+                                 f"{cfg.num_hidden_layers} layers and hidden size {cfg.hidden_size}")
+            array = np.asarray(weights[hf_name])
+            array = array.T if name.transpose else array
+            if array.shape != tuple(want_shape):
+                hf_want = tuple(want_shape)[::-1] if name.transpose else tuple(want_shape)
+                raise InputError(f"{source}: weight '{hf_name}' has shape {tuple(weights[hf_name].shape)} but "
+                                 f"config.json implies {hf_want}")
+            arrays.append(array.astype(dtype))
+        _set_path(params, name.flax, np.stack(arrays) if name.per_layer else arrays[0])
+    return params
+
+
+def _report_unused(cfg: BertConfig, weights: dict[str, np.ndarray], params: dict, source: Path) -> None:
+    used = {name.hf.format(i) for name in weight_names(cfg)
+            for i in (range(cfg.num_hidden_layers) if name.per_layer else [0])}
+    leftover = sorted(set(weights) - used)
+    if _TIED_DECODER in leftover:
+        leftover.remove(_TIED_DECODER)
+        if cfg.mlm_head and not np.allclose(weights[_TIED_DECODER], params["embeddings"]["word_embeddings"]["embedding"]):
+            log.warning("%s: the MLM decoder is not tied to the word embeddings; our model ties them, so the "
+                        "imported MLM logits use the word embeddings", source)
+    for pattern, reason in _IGNORED:
+        matched = [name for name in leftover if pattern.search(name)]
+        if matched and reason:
+            log.info("%s: ignoring %s (%d weights: %s)", source, reason, len(matched), ", ".join(matched[:4]))
+        leftover = [name for name in leftover if name not in matched]
+    if leftover:
+        log.warning("%s: %d unrecognised weight(s) ignored: %s", source, len(leftover), ", ".join(leftover[:8]))
+
+
+def _get_path(tree: dict, path: tuple) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set_path(tree: dict, path: tuple, value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+# ----------------------------------------------------------------------------------------------- export
+def check_params(cfg: BertConfig, params: dict[str, Any], what: str = "params") -> None:
+    """Raises InputError unless `params` has exactly the structure and shapes that `cfg` implies."""
+    expected = nn.meta.unbox(abstract_params(cfg))
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    have = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    if want.keys() != have.keys():
+        missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+        raise InputError(f"{what} do not match the model config: missing {missing[:4]}, unexpected {extra[:4]}")
+    for key, shape in want.items():
+        if tuple(have[key]) != tuple(shape):
+            raise InputError(f"{what}: parameter {key} has shape {tuple(have[key])}, the config implies {shape}")
+
+
+def hf_state_dict(cfg: BertConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Our params as a Hugging Face state dict (float32, contiguous), `bert.`-prefixed when a head is present."""
+    check_params(cfg, params)
+    prefix = "bert." if (cfg.mlm_head or cfg.num_labels) else ""
+    state = {}
+    for name in weight_names(cfg):
+        array = np.asarray(jax.device_get(_get_path(params, name.flax)), dtype=np.float32)
+        for i in range(cfg.num_hidden_layers) if name.per_layer else [None]:
+            value = array[i] if name.per_layer else array
+            key = name.hf if _is_head(name.hf) else prefix + name.hf
+            state[key.format(i)] = np.ascontiguousarray(value.T if name.transpose else value)
+    return state
+
+
+def save_hf_bert(cfg: BertConfig, params: dict[str, Any], out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+                 id2label: Optional[dict[int, str]] = None, overwrite: bool = False) -> Path:
+    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer files, label maps).
+
+    The directory is written beside `out_dir` and renamed into place, so a failure leaves `out_dir` as it was.
+    """
+    from safetensors.numpy import save_file
+
+    if cfg.mlm_head and cfg.pooler:
+        # BertForMaskedLM has no pooler; exporting one would make it an unexpected weight when loaded.
+        log.info("masked-LM export: the pooler is left out (BertForMaskedLM has none)")
+        cfg = cfg.replace(pooler=False)
+        params = {key: value for key, value in params.items() if key != "pooler"}
+    config = config_to_hf(cfg, id2label)
+    state = hf_state_dict(cfg, params)
+    tokenizer_files = _tokenizer_files(Path(tokenizer_dir)) if tokenizer_dir is not None else []
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        save_file(state, str(tmp / hf_checkpoint.SAFETENSORS), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for file in tokenizer_files:
+            shutil.copy2(file, tmp / file.name)
+    log.info("exported %s (%s, %d tensors) to %s", config["architectures"][0], cfg.hidden_size, len(state), out_dir)
+    return Path(out_dir)
+
+
+def _tokenizer_files(tokenizer_dir: Path) -> list[Path]:
+    files = [tokenizer_dir / name for name in hf_checkpoint.TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
+    if not files:
+        raise InputError(f"{tokenizer_dir}: no tokenizer files; expected one of {hf_checkpoint.TOKENIZER_FILES}")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------- Flax dirs
+FLAX_CONFIG = "bert_config.json"
+MSGPACK = "params.msgpack"
+ORBAX = "params"
+
+
+def save_flax_dir(cfg: BertConfig, params: dict[str, Any], out_dir: str | Path, fmt: str = "msgpack",
+                  overwrite: bool = False) -> Path:
+    """A Flax checkpoint directory: bert_config.json plus params.msgpack or an Orbax checkpoint in params/."""
+    from tinybert_jax import checkpoint
+
+    if fmt not in ("msgpack", "orbax"):
+        raise InputError(f"format {fmt!r} is not supported; use 'msgpack' or 'orbax'")
+    check_params(cfg, params)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        (tmp / FLAX_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        if fmt == "msgpack":
+            (tmp / MSGPACK).write_bytes(serialization.msgpack_serialize(jax.device_get(params)))
+        else:
+            checkpoint.save_params(tmp / ORBAX, params)
+    return Path(out_dir)
+
+
+def load_flax_dir(src: str | Path) -> tuple[BertConfig, dict[str, Any]]:
+    from tinybert_jax import checkpoint
+
+    src = Path(src)
+    config_file = src / FLAX_CONFIG
+    if not config_file.is_file():
+        raise InputError(f"{src}: not a Flax checkpoint directory (needs {FLAX_CONFIG} and {MSGPACK} or {ORBAX}/)")
+    try:
+        cfg = BertConfig(**json.loads(config_file.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise InputError(f"{config_file}: not a valid BERT config ({e})") from e
+    if (src / MSGPACK).is_file():
+        try:
+            params = serialization.msgpack_restore((src / MSGPACK).read_bytes())
+        except Exception as e:  # msgpack raises several types for truncated data
+            raise InputError(f"{src / MSGPACK}: cannot decode ({type(e).__name__}); the file is corrupt") from e
+    elif (src / ORBAX).is_dir():
+        params = checkpoint.restore_params(src / ORBAX, nn.meta.unbox(abstract_params(cfg)))
+    else:
+        raise InputError(f"{src}: has {FLAX_CONFIG} but neither {MSGPACK} nor an Orbax {ORBAX}/ directory")
+    check_params(cfg, params, what=str(src))
+    return cfg, params
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tinybert_jax.convert",
+                                     description="Convert BERT checkpoints between Hugging Face and Flax.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    to_flax = sub.add_parser("hf-to-flax", help="Hugging Face dir or hub id -> Flax checkpoint dir")
+    to_flax.add_argument("src", help="Hugging Face checkpoint directory or hub id (e.g. bert-base-uncased)")
+    to_flax.add_argument("out", help="output directory (bert_config.json + params)")
+    to_flax.add_argument("--format", choices=("msgpack", "orbax"), default="msgpack")
+    to_flax.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    to_hf = sub.add_parser("flax-to-hf", help="Flax checkpoint dir (msgpack or Orbax) -> Hugging Face dir")
+    to_hf.add_argument("src", help="directory written by hf-to-flax (bert_config.json + params)")
+    to_hf.add_argument("out", help="output Hugging Face directory")
+    to_hf.add_argument("--tokenizer", help="directory whose tokenizer files are copied into the export")
+    to_hf.add_argument("--labels", help="comma-separated label names in id order, for classifiers")
+    to_hf.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "hf-to-flax":
+            cfg, params = load_hf_bert(args.src)
+            save_flax_dir(cfg, params, args.out, fmt=args.format, overwrite=args.overwrite)
+        else:
+            cfg, params = load_flax_dir(args.src)
+            id2label = dict(enumerate(args.labels.split(","))) if args.labels else None
+            save_hf_bert(cfg, params, args.out, tokenizer_dir=args.tokenizer, id2label=id2label,
+                         overwrite=args.overwrite)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Entry point: `python -m tinybert_jax.main --config=configs/NAME.py --workdir=DIR [--config.key=value ...]`.
+
+Thin on purpose: parse flags, pick the pipeline named by `config.pipeline`, hand over.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from tinybert_jax.errors import InputError
+
+# pipeline name -> module whose run(config, workdir) carries it out; imported lazily to keep start-up light.
+PIPELINES = {
+    "init_student": "tinybert_jax.init_student",
+}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and exports")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag or a mistyped config key is one line on stderr instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # config overrides raise AttributeError/KeyError/ValueError, absl its own flags.Error
+        detail = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+        if len(detail) > 1 and detail[0] == detail[-1] and detail[0] in "'\"":  # KeyError messages come quoted
+            detail = detail[1:-1]
+        sys.exit(f"error: bad command line: {detail} (config keys are those of the --config file)")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    module_name = PIPELINES.get(config.get("pipeline"))
+    if module_name is None:
+        sys.exit(f"error: {_CONFIG.config_filename}: pipeline {config.get('pipeline')!r} is unknown; "
+                 f"use one of {sorted(PIPELINES)}")
+    try:
+        importlib.import_module(module_name).run(config, _WORKDIR.value)
+    except InputError as e:
+        logging.error("%s", e)
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

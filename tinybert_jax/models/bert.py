@@ -1,0 +1,234 @@
+"""One Flax linen BERT for teacher and student.
+
+The encoder layers are stacked with `nn.scan`, so every per-layer parameter carries a leading 'layers' axis:
+compile time does not grow with depth, and selecting teacher layers (DistilBERT init, layer maps) is indexing.
+Attention scores are returned *pre-softmax* with the additive key mask applied, the quantity TinyBERT distils.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+# TinyBERT distils scores with this additive mask; the value is part of the loss semantics (REFERENCE.md 1).
+MASK_BIAS = -10000.0
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Sizes and heads of a BERT; field names follow Hugging Face's config.json where one exists."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    dtype: str = "float32"  # compute dtype; softmax, LayerNorm statistics and scores stay float32
+    param_dtype: str = "float32"
+    pooler: bool = True  # BertModel / classifiers have one, BertForMaskedLM has none
+    mlm_head: bool = False
+    num_labels: int = 0  # 0: no classifier; 1: regression
+    classifier_dropout: Optional[float] = None  # None: hidden_dropout_prob, as in Hugging Face
+
+    def __post_init__(self):
+        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                    "max_position_embeddings", "type_vocab_size")
+        for name in positive:
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"BertConfig.hidden_size={self.hidden_size} is not divisible by "
+                             f"num_attention_heads={self.num_attention_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"BertConfig.hidden_act={self.hidden_act!r} is not supported; "
+                             f"use one of {sorted(ACTIVATIONS)}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"BertConfig.{name}={getattr(self, name)!r}; use one of {DTYPES}")
+        if self.num_labels < 0:
+            raise ValueError(f"BertConfig.num_labels must be >= 0, got {self.num_labels}")
+        if self.num_labels and self.mlm_head:
+            raise ValueError("BertConfig: choose one head, mlm_head=True or num_labels > 0, not both")
+        if self.num_labels and not self.pooler:
+            raise ValueError("BertConfig.num_labels > 0 needs pooler=True (the classifier reads the pooled output)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def replace(self, **changes) -> "BertConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@flax.struct.dataclass
+class BertOutput:
+    hidden_states: tuple  # L+1 arrays [batch, T, hidden], the embedding output first
+    attention_scores: tuple  # L arrays [batch, heads, T, T], pre-softmax, additive key mask applied, float32
+    pooled_output: Optional[jax.Array] = None
+    logits: Optional[jax.Array] = None
+
+
+def _dense(cfg: BertConfig, features: int, axes: tuple, name: str) -> nn.Dense:
+    init = nn.initializers.normal(cfg.initializer_range)
+    return nn.Dense(features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name,
+                    kernel_init=nn.with_logical_partitioning(init, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-1:]))
+
+
+def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
+                        param_dtype=jnp.dtype(cfg.param_dtype), name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+
+
+def _embed(cfg: BertConfig, rows: int, row_axis: str, name: str) -> nn.Embed:
+    init = nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), (row_axis, "embed"))
+    return nn.Embed(rows, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                    embedding_init=init, name=name)
+
+
+class Embeddings(nn.Module):
+    cfg: BertConfig
+
+    def setup(self):
+        self.word_embeddings = _embed(self.cfg, self.cfg.vocab_size, "vocab", "word_embeddings")
+        self.position_embeddings = _embed(self.cfg, self.cfg.max_position_embeddings, "positions",
+                                          "position_embeddings")
+        self.token_type_embeddings = _embed(self.cfg, self.cfg.type_vocab_size, "token_types",
+                                            "token_type_embeddings")
+        self.LayerNorm = _layer_norm(self.cfg, "LayerNorm")
+        self.dropout = nn.Dropout(self.cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        positions = jnp.arange(input_ids.shape[1])[None, :]
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(x), deterministic=deterministic)
+
+
+class BertLayer(nn.Module):
+    """One encoder layer, written as a scan body: (hidden, ...) -> (hidden, (hidden, scores))."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden, mask_bias, deterministic: bool):
+        cfg = self.cfg
+        batch, length, _ = hidden.shape
+        split = lambda x: x.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
+        q = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "query")(hidden))
+        k = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "key")(hidden))
+        v = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "value")(hidden))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(float(cfg.head_dim))
+        scores = scores + mask_bias[:, None, None, :]
+        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(jax.nn.softmax(scores, axis=-1),
+                                                              deterministic=deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).reshape(batch, length, cfg.hidden_size)
+        attn = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output")(context)
+        attn = nn.Dropout(cfg.hidden_dropout_prob)(attn, deterministic=deterministic)
+        hidden = _layer_norm(cfg, "attention_norm")(hidden + attn)
+
+        ffn = ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(hidden))
+        ffn = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(ffn)
+        ffn = nn.Dropout(cfg.hidden_dropout_prob)(ffn, deterministic=deterministic)
+        hidden = _layer_norm(cfg, "output_norm")(hidden + ffn)
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
+        return hidden, (hidden, scores)
+
+
+class MlmHead(nn.Module):
+    """transform (dense + act + LayerNorm), then a decoder tied to the word embeddings plus its own bias."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden, word_embeddings: nn.Embed):
+        cfg = self.cfg
+        x = ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "transform")(hidden))
+        x = _layer_norm(cfg, "transform_norm")(x)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                          (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+        return word_embeddings.attend(x).astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class Bert(nn.Module):
+    """BERT encoder with optional pooler, masked-LM head and sequence classification/regression head."""
+
+    cfg: BertConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.scan(BertLayer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                              in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
+                              metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+        if cfg.pooler:
+            self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
+        if cfg.mlm_head:
+            self.mlm_head = MlmHead(cfg)
+        if cfg.num_labels:
+            self.classifier = _dense(cfg, cfg.num_labels, ("embed", "labels"), "classifier")
+            rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
+            self.classifier_dropout = nn.Dropout(rate)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic: bool = True) -> BertOutput:
+        cfg = self.cfg
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        mask_bias = (1.0 - attention_mask.astype(jnp.float32)) * MASK_BIAS
+        hidden = self.embeddings(input_ids, token_type_ids, deterministic)
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
+        _, (per_layer_hidden, per_layer_scores) = self.layers(hidden, mask_bias, deterministic)
+        hidden_states = (hidden,) + tuple(per_layer_hidden[i] for i in range(cfg.num_hidden_layers))
+        scores = tuple(per_layer_scores[i] for i in range(cfg.num_hidden_layers))
+
+        pooled = logits = None
+        if cfg.pooler:
+            pooled = jnp.tanh(self.pooler(hidden_states[-1][:, 0]))
+        if cfg.mlm_head:
+            logits = self.mlm_head(hidden_states[-1], self.embeddings.word_embeddings)
+        elif cfg.num_labels:
+            logits = self.classifier(self.classifier_dropout(pooled, deterministic=deterministic))
+            logits = logits.astype(jnp.float32)
+        return BertOutput(hidden_states=hidden_states, attention_scores=scores, pooled_output=pooled, logits=logits)
+
+
+def init_params(cfg: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, Any]:
+    """Random parameters (Normal(0, initializer_range) weights), unboxed: plain arrays, no axis metadata."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return nn.meta.unbox(Bert(cfg).init(rng, ids, ids, jnp.ones_like(ids))["params"])
+
+
+def abstract_params(cfg: BertConfig) -> dict[str, Any]:
+    """Shapes and dtypes of every parameter, boxed with their logical axis names; nothing is allocated."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return jax.eval_shape(lambda: Bert(cfg).init(jax.random.key(0), ids, ids, ids))["params"]
+
+
+def param_logical_axes(cfg: BertConfig) -> dict[str, Any]:
+    """The logical axis names of every parameter, as a tree of PartitionSpecs."""
+    return nn.get_partition_spec(abstract_params(cfg))
