@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from tinybert_jax.errors import InputError
@@ -39,12 +39,12 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     module_name = PIPELINES.get(config.get("pipeline"))
     if module_name is None:
-        sys.exit(f"error: {_CONFIG.config_filename}: pipeline {config.get('pipeline')!r} is unknown; "
+        config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+        sys.exit(f"error: {config_file}: pipeline {config.get('pipeline')!r} is unknown; "
                  f"use one of {sorted(PIPELINES)}")
     try:
         importlib.import_module(module_name).run(config, _WORKDIR.value)
     except InputError as e:
-        logging.error("%s", e)
         sys.exit(f"error: {e}")
 
 

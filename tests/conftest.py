@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random-init Hugging Face BERTs written with save_pretrained (no downloads)."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; the offline path is what they check
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64)
+
+
+def make_hf_model(cls_name: str, seed: int = 0, **overrides):
+    """A random-init transformers BERT of class `cls_name` in eval mode, eager attention (so it returns attentions)."""
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(**{**TINY, **overrides})
+    config._attn_implementation = "eager"
+    model = getattr(transformers, cls_name)(config).eval()
+    # Random-init biases and LayerNorm params are 0/1; perturb them so a transposed or swapped tensor cannot pass.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture
+def hf_checkpoint(tmp_path):
+    """Factory: save a random-init model and return (model, directory)."""
+    def make(cls_name: str = "BertModel", subdir: str = "hf", seed: int = 0, **overrides):
+        model = make_hf_model(cls_name, seed=seed, **overrides)
+        out = tmp_path / subdir
+        model.save_pretrained(out)
+        return model, out
+    return make
+
+
+def padded_batch(vocab_size: int, batch: int = 3, length: int = 9, seed: int = 0):
+    """input_ids, token_type_ids, attention_mask (numpy int64) with a different amount of padding per row."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(1, vocab_size, (batch, length))
+    mask = np.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, length - 2 * row:] = 0
+    ids = np.where(mask == 1, ids, 0)
+    token_types = np.zeros_like(ids)
+    token_types[:, length // 2:] = 1
+    token_types *= mask
+    return ids, token_types, mask
+
+
+def torch_outputs(model, ids, token_types, mask):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(token_types),
+                     attention_mask=torch.tensor(mask), output_hidden_states=True, output_attentions=True)

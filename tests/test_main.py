@@ -1,0 +1,59 @@
+"""The entry point: config file + overrides, locked config, dispatch to a pipeline."""
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import transformers
+
+from conftest import padded_batch, torch_outputs
+from tinybert_jax import convert
+from tinybert_jax.models.bert import Bert
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config.model.vocab_size=64", "--config.model.hidden_size=24", "--config.model.num_attention_heads=6",
+        "--config.model.num_hidden_layers=2", "--config.model.intermediate_size=40"]
+
+
+def run_main(*args):
+    return subprocess.run([sys.executable, "-m", "tinybert_jax.main", "--config=configs/init_student.py", *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_init_student_pipeline_with_overrides(tmp_path):
+    result = run_main(f"--workdir={tmp_path}", *TINY, "--config.seed=3")
+    assert result.returncode == 0, result.stderr
+    assert "total" in result.stdout
+    cfg, params = convert.load_flax_dir(tmp_path / "flax")
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim) == (64, 24, 2, 4)
+    counted = sum(x.size for x in jax.tree.leaves(params))
+    assert f"{counted:,}" in result.stdout
+    exported, info = transformers.AutoModel.from_pretrained(tmp_path / "hf", output_loading_info=True,
+                                                            attn_implementation="eager")
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids, token_types, mask = padded_batch(cfg.vocab_size)
+    ours = Bert(cfg).apply({"params": params}, ids, token_types, mask)
+    theirs = torch_outputs(exported.eval(), ids, token_types, mask)
+    np.testing.assert_allclose(np.asarray(ours.hidden_states[-1]), theirs.last_hidden_state.numpy(), atol=1e-4)
+
+
+def test_mistyped_config_key_is_an_error(tmp_path):
+    result = run_main(f"--workdir={tmp_path}", "--config.model.hiden_size=3")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "hiden_size" in result.stderr and 'Did you mean "hidden_size"' in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_invalid_model_size_is_one_line(tmp_path):
+    result = run_main(f"--workdir={tmp_path}", "--config.model.hidden_size=30", "--config.model.vocab_size=64")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.model: BertConfig.hidden_size=30 is not divisible by num_attention_heads=12")
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_pipeline(tmp_path):
+    result = run_main(f"--workdir={tmp_path}", "--config.pipeline=nope")
+    assert result.returncode != 0 and "pipeline 'nope' is unknown" in result.stderr
