@@ -4,6 +4,7 @@ import logging
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -90,13 +91,8 @@ def test_pytorch_bin_legacy_names_and_no_prefix(hf_checkpoint, tmp_path):
     torch.save(state, legacy / "pytorch_model.bin")
     cfg, params = convert.load_hf_bert(str(legacy))
     assert cfg == reference_cfg
-    for a, b in zip(*(jax_leaves(p) for p in (params, reference))):
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(a, b)
-
-
-def jax_leaves(tree):
-    import jax
-    return jax.tree.leaves(tree)
 
 
 def test_sharded_safetensors(hf_checkpoint, tmp_path):
@@ -105,7 +101,7 @@ def test_sharded_safetensors(hf_checkpoint, tmp_path):
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     cfg, params = convert.load_hf_bert(str(tmp_path / "sharded"))
     _, reference = convert.load_hf_bert(str(path))
-    for a, b in zip(jax_leaves(params), jax_leaves(reference)):
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(a, b)
 
 
