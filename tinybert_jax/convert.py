@@ -323,6 +323,13 @@ def load_flax_dir(src: str | Path) -> tuple[BertConfig, dict[str, Any]]:
     return cfg, params
 
 
+def load_bert(path: str | Path) -> tuple[BertConfig, dict[str, Any]]:
+    """A Flax checkpoint directory (bert_config.json) or else a Hugging Face checkpoint (directory or hub id)."""
+    if (Path(path) / FLAX_CONFIG).is_file():
+        return load_flax_dir(path)
+    return load_hf_bert(str(path))
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tinybert_jax.convert",

@@ -2,7 +2,6 @@
 as a Flax checkpoint directory and export it as a Hugging Face directory."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -11,17 +10,7 @@ import numpy as np
 from absl import logging
 
 from tinybert_jax import convert
-from tinybert_jax.errors import InputError
-from tinybert_jax.models.bert import BertConfig, init_params
-
-
-def bert_config(section: ml_collections.ConfigDict, where: str) -> BertConfig:
-    """A BertConfig from the BertConfig-named keys of a config section (other keys, e.g. `init`, are skipped)."""
-    names = {f.name for f in dataclasses.fields(BertConfig)}
-    try:
-        return BertConfig(**{key: value for key, value in section.items() if key in names})
-    except (TypeError, ValueError) as e:
-        raise InputError(f"config.{where}: {e}") from e
+from tinybert_jax.models.bert import bert_config_from, init_params
 
 
 def parameter_table(params: dict) -> str:
@@ -37,7 +26,7 @@ def parameter_table(params: dict) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     workdir = Path(workdir)
     if config.model.init == "random":
-        cfg = bert_config(config.model, "model")
+        cfg = bert_config_from(config.model, "model")
         params = jax.device_get(init_params(cfg, jax.random.key(config.seed)))
     else:
         cfg, params = convert.load_hf_bert(config.model.init)

@@ -5,9 +5,12 @@ Thin on purpose: parse flags, pick the pipeline named by `config.pipeline`, hand
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from tinybert_jax.errors import InputError
@@ -15,6 +18,8 @@ from tinybert_jax.errors import InputError
 # pipeline name -> module whose run(config, workdir) carries it out; imported lazily to keep start-up light.
 PIPELINES = {
     "init_student": "tinybert_jax.init_student",
+    "general": "tinybert_jax.distill.general",
+    "demo": "tinybert_jax.demo",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)
@@ -33,9 +38,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: bad command line: {detail} (config keys are those of the --config file)")
 
 
+def _only_our_info(record) -> bool:
+    """Libraries (Orbax, JAX) log a great deal at INFO; keep their warnings and our own progress messages."""
+    return record.levelno >= logging.WARNING or f"{os.sep}tinybert_jax{os.sep}" in record.pathname
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.get_absl_handler().addFilter(_only_our_info)
     config = _CONFIG.value
     module_name = PIPELINES.get(config.get("pipeline"))
     if module_name is None:

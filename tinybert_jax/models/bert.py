@@ -154,7 +154,7 @@ class BertLayer(nn.Module):
         ffn = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(ffn)
         ffn = nn.Dropout(cfg.hidden_dropout_prob)(ffn, deterministic=deterministic)
         hidden = _layer_norm(cfg, "output_norm")(hidden + ffn)
-        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "hidden"))
         return hidden, (hidden, scores)
 
 
@@ -201,7 +201,7 @@ class Bert(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         mask_bias = (1.0 - attention_mask.astype(jnp.float32)) * MASK_BIAS
         hidden = self.embeddings(input_ids, token_type_ids, deterministic)
-        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "hidden"))
         _, (per_layer_hidden, per_layer_scores) = self.layers(hidden, mask_bias, deterministic)
         hidden_states = (hidden,) + tuple(per_layer_hidden[i] for i in range(cfg.num_hidden_layers))
         scores = tuple(per_layer_scores[i] for i in range(cfg.num_hidden_layers))
@@ -217,10 +217,23 @@ class Bert(nn.Module):
         return BertOutput(hidden_states=hidden_states, attention_scores=scores, pooled_output=pooled, logits=logits)
 
 
+def bert_config_from(section: Any, where: str, **overrides) -> BertConfig:
+    """A BertConfig from the BertConfig-named keys of a config section (other keys, e.g. `init`, are skipped)."""
+    from tinybert_jax.errors import InputError
+
+    names = {f.name for f in dataclasses.fields(BertConfig)}
+    values = {key: value for key, value in dict(section).items() if key in names}
+    try:
+        return BertConfig(**{**values, **overrides})
+    except (TypeError, ValueError) as e:
+        raise InputError(f"config.{where}: {e}") from e
+
+
 def init_params(cfg: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, Any]:
     """Random parameters (Normal(0, initializer_range) weights), unboxed: plain arrays, no axis metadata."""
     ids = jnp.zeros((1, seq_len), jnp.int32)
-    return nn.meta.unbox(Bert(cfg).init(rng, ids, ids, jnp.ones_like(ids))["params"])
+    # jit: running init op by op takes seconds even for tiny models
+    return jax.jit(lambda key: nn.meta.unbox(Bert(cfg).init(key, ids, ids, jnp.ones_like(ids))["params"]))(rng)
 
 
 def abstract_params(cfg: BertConfig) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""TinyBERT general distillation (stage 1 of the paper): BERT-base teacher -> TinyBERT4 student.
+
+python -m tinybert_jax.main --config=configs/general.py --workdir=DIR [--config.key=value ...]
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.pipeline = "general"
+    c.seed = 0
+
+    # Pre-trained (not fine-tuned) BERT: HF directory or hub id. Its tokenizer prepares the data.
+    c.teacher = ml_collections.ConfigDict(dict(path="bert-base-uncased"))
+
+    # Student sizes (vocab, positions and token types always follow the teacher). Default: TinyBERT4.
+    c.student = ml_collections.ConfigDict(dict(
+        init="random",  # "random", or a Hugging Face dir / Flax checkpoint dir to start from (its sizes are used)
+        hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200, hidden_act="gelu",
+        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, initializer_range=0.02, layer_norm_eps=1e-12,
+        mlm_head=False,  # needed only with loss.weights.prediction > 0
+    ))
+
+    # "uniform" | "top" | "bottom" | "3,6,9,12" (one 1-based teacher layer per student layer)
+    c.layer_map = "uniform"
+
+    c.loss = ml_collections.ConfigDict(dict(
+        mode="tinybert",  # "tinybert": the original semantics; "masked": averages over valid tokens only
+        weights=ml_collections.ConfigDict(dict(embedding=1.0, attention=1.0, hidden=1.0, prediction=0.0)),
+        temperature=1.0,  # for the prediction (MLM logits) term
+    ))
+
+    c.data = ml_collections.ConfigDict(dict(
+        source="embedded",  # "embedded" (stdlib docstrings) | glob of text files | "tfds:NAME[/CONFIG][:SPLIT]"
+        tfds_data_dir="",  # where prepared TFDS datasets live ("" = TFDS default)
+        tfds_text_key="text",
+        seq_len=128,
+        prepared_dir="",  # where tokenised shards go ("" = WORKDIR/data); reused when they match
+        short_seq_prob=0.1,
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=256,  # global, over all devices and hosts
+        num_steps=0,  # > 0 overrides num_epochs
+        num_epochs=3.0,
+    ))
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw",  # "adamw" | "bert_adam" (original: no bias correction, per-tensor clip, decoupled decay)
+        learning_rate=1e-4, schedule="linear", warmup_ratio=0.1,  # schedule: linear | constant | cosine
+        b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+        clip_norm=1.0,  # global-norm clip for adamw, per-tensor clip for bert_adam; 0 disables
+    ))
+
+    c.mesh = ml_collections.ConfigDict(dict(
+        data=-1,  # -1: all devices not used by fsdp
+        fsdp=1,
+        # logical axis -> mesh axes; parameters name their axes in models/bert.py
+        rules=[("batch", ("data", "fsdp")), ("embed", "fsdp")],
+    ))
+
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
+    c.log = ml_collections.ConfigDict(dict(every_steps=50))
+    return c

@@ -1,0 +1,73 @@
+"""The fused distillation step in-process: frozen teacher, falling losses, metrics, optimizers."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import padded_batch
+from tinybert_jax import sharding
+from tinybert_jax.distill.general import init_trainable
+from tinybert_jax.distill.layer_map import resolve_layer_map
+from tinybert_jax.distill.step import DistillSpec, make_distill_step, trim_teacher
+from tinybert_jax.models.bert import BertConfig, init_params
+from tinybert_jax.train.optimizer import make_optimizer
+from tinybert_jax.train.state import create_state
+
+TEACHER = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+                     max_position_embeddings=16, mlm_head=True)
+STUDENT = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+                     max_position_embeddings=16, mlm_head=True)
+
+
+def optimizer_config(name="adamw", lr=3e-3):
+    return ml_collections.ConfigDict(dict(name=name, learning_rate=lr, schedule="constant", warmup_ratio=0.0,
+                                          b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
+
+
+def setup(weights=(("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0)), mode="tinybert", opt="adamw",
+          layer_map="uniform"):
+    teacher_params = init_params(TEACHER, jax.random.PRNGKey(1))
+    lm = resolve_layer_map(layer_map, TEACHER.num_hidden_layers, STUDENT.num_hidden_layers)
+    predict = "prediction" in dict(weights)
+    teacher_cfg, teacher_params = trim_teacher(TEACHER, teacher_params,
+                                               TEACHER.num_hidden_layers if predict else lm.teacher_depth, predict)
+    spec = DistillSpec(STUDENT, teacher_cfg, lm, mode, tuple(weights), temperature=1.0)
+    tx, schedule = make_optimizer(optimizer_config(opt), 100)
+    mesh = sharding.make_mesh(-1, 1)
+    state, _ = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, [])
+    batch = dict(zip(("input_ids", "token_type_ids", "attention_mask"),
+                     (jnp.asarray(x, jnp.int32) for x in padded_batch(50, batch=4, length=12))))
+    return spec, jax.jit(make_distill_step(spec, tx, schedule)), state, teacher_params, batch
+
+
+def test_teacher_frozen_and_trimmed():
+    spec, step, state, teacher_params, batch = setup(layer_map="bottom")
+    assert spec.teacher.num_hidden_layers == 2 and teacher_params["layers"]["query"]["kernel"].shape[0] == 2
+    before = jax.tree.map(np.array, teacher_params)
+    grads = jax.grad(lambda tp: step(state, tp, batch)[1]["loss"])(teacher_params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+    for _ in range(3):
+        state, metrics = step(state, teacher_params, batch)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(teacher_params)):
+        assert np.array_equal(a, np.asarray(b))
+    assert int(state.step) == 3
+
+
+@pytest.mark.parametrize("mode,opt", [("tinybert", "bert_adam"), ("masked", "adamw")])
+def test_losses_fall_and_metrics_are_reported(mode, opt):
+    weights = (("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0), ("prediction", 1.0))
+    spec, step, state, teacher_params, batch = setup(weights, mode, opt)
+    history = []
+    for _ in range(30):
+        state, metrics = step(state, teacher_params, batch)
+        history.append(jax.device_get(metrics))
+    assert set(history[0]) == {"embedding", "attention", "hidden", "prediction", "loss", "learning_rate",
+                               "grad_norm"}
+    for term in ("embedding", "attention", "hidden", "loss"):
+        assert history[-1][term] < 0.9 * history[0][term], (term, history[0][term], history[-1][term])
+    # soft cross-entropy is bounded below by the teacher's entropy, already close for a random teacher
+    assert history[-1]["prediction"] < history[0]["prediction"]
+    total = sum(history[0][name] for name in ("embedding", "attention", "hidden", "prediction"))
+    np.testing.assert_allclose(history[0]["loss"], total, rtol=1e-6)
+    assert history[0]["grad_norm"] > 0 and history[0]["learning_rate"] == pytest.approx(3e-3)

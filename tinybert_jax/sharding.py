@@ -1,0 +1,117 @@
+"""Every JAX sharding call lives here: the device mesh, logical-axis rules, sharded creation, batch assembly.
+
+Parameters carry logical axis names (models/bert.py); one rules table (`mesh.rules` in the config) maps them to
+the mesh axes ('data', 'fsdp'). Data parallel is the default (fsdp = 1); FSDP is a change of `mesh.fsdp`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from tinybert_jax.errors import InputError
+
+AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over every device
+
+
+def make_mesh(data: int, fsdp: int) -> jax.sharding.Mesh:
+    """A ('data', 'fsdp') mesh over all devices; data = -1 takes whatever fsdp leaves."""
+    count = jax.device_count()
+    if fsdp < 1 or count % fsdp:
+        raise InputError(f"mesh.fsdp={fsdp} must be a positive divisor of the device count {count}")
+    if data == -1:
+        data = count // fsdp
+    if data * fsdp != count:
+        raise InputError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but {count} are present")
+    # Auto axes: JAX >= 0.9 defaults to Explicit, under which logical sharding constraints do not apply.
+    return jax.make_mesh((data, fsdp), AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+@contextlib.contextmanager
+def activate(mesh: jax.sharding.Mesh, rules: Sequence) -> Iterator[None]:
+    """Mesh and logical-axis rules in force for tracing (activation constraints inside the model use them)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(tuple(rule) for rule in rules)):
+        yield
+
+
+def _mesh_spec(names: tuple, shape: tuple, mesh: jax.sharding.Mesh, rules: Sequence) -> PartitionSpec:
+    table = {logical: mesh_axes for logical, mesh_axes in rules}
+    used: set = set()
+    spec = []
+    for name, size in zip(names, shape):
+        axes = table.get(name)
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        # An axis is sharded only when it divides evenly and no earlier dimension already uses the mesh axis.
+        axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+        if axes and size % int(np.prod([mesh.shape[a] for a in axes])) == 0:
+            used.update(axes)
+            spec.append(axes[0] if len(axes) == 1 else axes)
+        else:
+            spec.append(None)
+    return PartitionSpec(*spec)
+
+
+def shardings_of(abstract: Any, mesh: jax.sharding.Mesh, rules: Sequence) -> Any:
+    """NamedShardings for an abstract tree whose leaves may be boxed with logical names (unboxed structure)."""
+
+    def one(leaf):
+        if isinstance(leaf, nn.LogicallyPartitioned):
+            return NamedSharding(mesh, _mesh_spec(leaf.names, leaf.value.shape, mesh, rules))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, abstract, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def create_sharded(init_fn: Callable[[], Any], mesh: jax.sharding.Mesh, rules: Sequence) -> tuple[Any, Any]:
+    """Runs `init_fn` (which may return boxed params) with every output created directly in its sharding.
+
+    Returns (unboxed tree, its shardings). Nothing is first materialised on one device.
+    """
+    shardings = shardings_of(jax.eval_shape(init_fn), mesh, rules)
+    with activate(mesh, rules):
+        tree = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
+    return tree, shardings
+
+
+def put_sharded(tree: Any, shardings: Any) -> Any:
+    """Host (numpy) arrays -> global arrays with the given shardings; every process holds the full values."""
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda index: np.asarray(x)[index]),
+                        tree, shardings)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def check_batch_divisible(global_batch_size: int, mesh: jax.sharding.Mesh) -> None:
+    devices = mesh.devices.size
+    if global_batch_size % devices:
+        raise InputError(f"train.batch_size={global_batch_size} is not divisible by the {devices} devices of the "
+                         f"mesh {dict(mesh.shape)}; use a multiple of {devices}")
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """This process's rows -> one global array per key, split over the batch axes of the mesh."""
+    sharding = batch_sharding(mesh)
+    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in local_batch.items()}
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def compile_step(fn: Callable, mesh: jax.sharding.Mesh, rules: Sequence, in_shardings: Any, out_shardings: Any,
+                 donate_argnums: int | tuple = ()) -> Callable:
+    """jit with explicit shardings; tracing happens under the mesh and the logical rules."""
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
+
+    def call(*args):
+        with activate(mesh, rules):
+            return jitted(*args)
+
+    return call

@@ -1,0 +1,52 @@
+"""The training loop shared by every pipeline: step, log, checkpoint; top to bottom, no callbacks."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from tinybert_jax import sharding
+from tinybert_jax.checkpoint import RunCheckpoints
+from tinybert_jax.train.metrics import MetricsWriter, progress_bar
+from tinybert_jax.train.state import TrainState
+
+
+@dataclasses.dataclass
+class LoopSettings:
+    num_steps: int
+    global_batch_size: int
+    log_every_steps: int
+    desc: str
+
+
+def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
+             data_iterator: Iterator[dict], mesh: jax.sharding.Mesh, checkpoints: RunCheckpoints, meta: dict,
+             workdir: Path, settings: LoopSettings) -> TrainState:
+    """Runs from the state's step to settings.num_steps; logs every log_every_steps and at the end."""
+    start = int(jax.device_get(state.step))
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    bar = progress_bar(settings.num_steps, start, settings.desc)
+    last_log_step, last_log_time = start, time.perf_counter()
+    try:
+        for step in range(start + 1, settings.num_steps + 1):
+            state, metrics = step_fn(state, sharding.global_batch(next(data_iterator), mesh))
+            final = step == settings.num_steps
+            if step % settings.log_every_steps == 0 or final:
+                values = {name: float(np.asarray(value)) for name, value in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                values["examples_per_s"] = (step - last_log_step) * settings.global_batch_size / (now - last_log_time)
+                last_log_step, last_log_time = step, now
+                writer.write(step, values)
+                bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+            if final or checkpoints.should_save(step):
+                checkpoints.save(step, state, data_iterator, meta, force=final)
+            bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+        checkpoints.close()
+    return state
