@@ -22,8 +22,8 @@ from flax import serialization
 import flax.linen as nn
 
 from tinybert_jax import hf_checkpoint
-from tinybert_jax.errors import InputError
-from tinybert_jax.files import atomic_output_dir
+from tinybert_jax.errors import InputError, run_cli
+from tinybert_jax.files import atomic_output_dir, read_json
 from tinybert_jax.models.bert import ACTIVATIONS, BertConfig, abstract_params
 
 log = logging.getLogger(__name__)
@@ -307,8 +307,8 @@ def load_flax_dir(src: str | Path) -> tuple[BertConfig, dict[str, Any]]:
     if not config_file.is_file():
         raise InputError(f"{src}: not a Flax checkpoint directory (needs {FLAX_CONFIG} and {MSGPACK} or {ORBAX}/)")
     try:
-        cfg = BertConfig(**json.loads(config_file.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        cfg = BertConfig(**read_json(config_file))
+    except (TypeError, ValueError) as e:
         raise InputError(f"{config_file}: not a valid BERT config ({e})") from e
     if (src / MSGPACK).is_file():
         try:
@@ -351,8 +351,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
+
+    def convert() -> str:
         if args.command == "hf-to-flax":
             cfg, params = load_hf_bert(args.src)
             save_flax_dir(cfg, params, args.out, fmt=args.format, overwrite=args.overwrite)
@@ -361,11 +361,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             id2label = dict(enumerate(args.labels.split(","))) if args.labels else None
             save_hf_bert(cfg, params, args.out, tokenizer_dir=args.tokenizer, id2label=id2label,
                          overwrite=args.overwrite)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+        return f"wrote {args.out}"
+
+    return run_cli(convert)
 
 
 if __name__ == "__main__":

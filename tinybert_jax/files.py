@@ -2,13 +2,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from tinybert_jax.errors import InputError
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The parsed JSON file; a file that is not JSON is an InputError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
 
 
 @contextlib.contextmanager

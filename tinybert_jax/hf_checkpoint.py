@@ -5,7 +5,6 @@ pytorch_model.bin.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tinybert_jax.errors import InputError
+from tinybert_jax.files import read_json
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -54,10 +54,7 @@ def read_config(ckpt_dir: Path) -> dict:
     if not config_file.is_file():
         raise InputError(f"{ckpt_dir}: no config.json; a Hugging Face checkpoint directory needs config.json "
                          f"next to its weights")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{config_file}: not valid JSON ({e})") from e
+    config = read_json(config_file)
     if not isinstance(config, dict):
         raise InputError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
     return config
@@ -70,8 +67,8 @@ def read_weights(ckpt_dir: Path) -> tuple[dict[str, np.ndarray], Path]:
     if (ckpt_dir / SAFETENSORS_INDEX).is_file():
         index_file = ckpt_dir / SAFETENSORS_INDEX
         try:
-            shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            shards = sorted(set(read_json(index_file)["weight_map"].values()))
+        except (KeyError, AttributeError, TypeError) as e:
             raise InputError(f"{index_file}: not a safetensors index (needs a 'weight_map' object)") from e
         weights = {}
         for shard in shards:

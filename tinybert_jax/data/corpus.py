@@ -1,8 +1,8 @@
 """Raw-text corpora as a stream of documents, each a list of sentences.
 
 Three kinds of source, chosen by the `source` string:
-- "" or "embedded": the docstrings of this Python installation's standard library, read with `ast` (a small
-  English corpus every machine has, so a quick start needs no download);
+- "" or "embedded": the docstrings of this Python installation's standard library, read with `ast`, one module
+  per document (a small English corpus every machine has, so a quick start needs no download);
 - "tfds:NAME[/CONFIG][:SPLIT]": a TFDS dataset the user has prepared in ArrayRecord form, one document per record;
 - anything else: a glob of local text files, one sentence per line and a blank line between documents (the
   format of the original TinyBERT / BERT pre-training corpora).
@@ -114,8 +114,9 @@ def _embedded_documents(stats: CorpusStats) -> Iterator[list[str]]:
         except (SyntaxError, ValueError, OSError):
             stats.unparsable_files += 1
             continue
-        for docstring in _docstrings(tree):
-            yield split_sentences(docstring)
+        # One module is one document: its docstrings in source order read as connected text, so the true
+        # next segment of a sequence is usually about the same thing (single docstrings are mostly 1-2 sentences).
+        yield [sentence for docstring in _docstrings(tree) for sentence in split_sentences(docstring)]
 
 
 def _docstrings(tree: ast.Module) -> Iterator[str]:

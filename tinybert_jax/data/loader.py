@@ -4,13 +4,13 @@ Reads the directory written by `tinybert_jax.data.prepare` (record layout in its
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import grain
 import numpy as np
 
 from tinybert_jax.errors import InputError
+from tinybert_jax.files import read_json
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
@@ -23,10 +23,7 @@ def read_metadata(prepared_dir: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: not found; {prepared_dir} is not a prepared data directory (create one with "
                          f"python -m tinybert_jax.data.prepare)")
-    try:
-        metadata = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e}); delete {prepared_dir} and prepare it again") from None
+    metadata = read_json(path)
     missing = [key for key in _REQUIRED_KEYS if not isinstance(metadata, dict) or key not in metadata]
     if missing:
         raise InputError(f"{path}: missing {', '.join(missing)}; delete {prepared_dir} and prepare it again")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from tinybert_jax import hf_checkpoint
 from tinybert_jax.data.corpus import TFDS_PREFIX, CorpusStats, iter_documents
 from tinybert_jax.data.loader import FORMAT_VERSION, METADATA_FILE, read_metadata
-from tinybert_jax.errors import InputError
+from tinybert_jax.errors import InputError, run_cli
 from tinybert_jax.files import atomic_output_dir
 
 log = logging.getLogger(__name__)
@@ -365,19 +365,17 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
+
+    def prepare_and_summarise() -> str:
         metadata = ensure_prepared(args.source, args.out, args.tokenizer, args.seq_len, args.seed,
                                    tfds_data_dir=args.tfds_data_dir, tfds_text_key=args.tfds_text_key,
                                    short_seq_prob=args.short_seq_prob, records_per_shard=args.records_per_shard)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    stats = metadata["sequence_stats"]
-    print(f"{args.out}: {metadata['count']} sequences of at most {metadata['seq_len']} tokens "
-          f"({stats['tokens']} tokens) in {len(metadata['shards'])} shards; "
-          f"{CorpusStats(**metadata['corpus_stats']).summary()}")
-    return 0
+        stats = metadata["sequence_stats"]
+        return (f"{args.out}: {metadata['count']} sequences of at most {metadata['seq_len']} tokens "
+                f"({stats['tokens']} tokens) in {len(metadata['shards'])} shards; "
+                f"{CorpusStats(**metadata['corpus_stats']).summary()}")
+
+    return run_cli(prepare_and_summarise)
 
 
 if __name__ == "__main__":

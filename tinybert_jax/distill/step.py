@@ -5,7 +5,6 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from tinybert_jax.distill import losses
