@@ -28,7 +28,8 @@ def attention_mse(student_scores: jax.Array, teacher_scores: jax.Array, attentio
         return jnp.mean(jnp.square(s - t))
     valid = attention_mask.astype(bool)
     pairs = valid[:, None, :, None] & valid[:, None, None, :]
-    diff = jnp.where(pairs, s - t, 0.0)
+    # Zero both sides first: with a -inf mask, s - t itself would be nan at masked entries.
+    diff = jnp.where(pairs, s, 0.0) - jnp.where(pairs, t, 0.0)
     count = jnp.sum(pairs) * s.shape[1]
     return jnp.sum(jnp.square(diff)) / jnp.maximum(count, 1)
 
