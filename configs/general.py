@@ -11,7 +11,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     # Pre-trained (not fine-tuned) BERT: HF directory or hub id. Its tokenizer prepares the data.
-    c.teacher = ml_collections.ConfigDict(dict(path="bert-base-uncased"))
+    c.teacher = ml_collections.ConfigDict(dict(
+        path="bert-base-uncased",
+        dtype="float32",  # "bfloat16": the frozen teacher stored and run in bf16 (losses stay float32)
+    ))
 
     # Student sizes (vocab, positions and token types always follow the teacher). Default: TinyBERT4.
     c.student = ml_collections.ConfigDict(dict(

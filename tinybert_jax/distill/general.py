@@ -47,6 +47,8 @@ def student_config(config: ml_collections.ConfigDict, teacher: BertConfig) -> tu
 
 
 def distill_spec(config: ml_collections.ConfigDict, teacher: BertConfig, student: BertConfig):
+    if config.teacher.dtype not in ("float32", "bfloat16"):
+        raise InputError(f"teacher.dtype={config.teacher.dtype!r}; use 'float32' or 'bfloat16'")
     if config.loss.mode not in MODES:
         raise InputError(f"loss.mode={config.loss.mode!r}; use one of {MODES}")
     weights = tuple((name, float(config.loss.weights[name])) for name in LOSS_TERMS if config.loss.weights[name])
@@ -94,7 +96,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     teacher_cfg, teacher_params = convert.load_hf_bert(str(teacher_dir))
     student_cfg, student_params = student_config(config, teacher_cfg)
     layer_map, depth, predict, weights = distill_spec(config, teacher_cfg, student_cfg)
-    teacher_cfg, teacher_params = trim_teacher(teacher_cfg, teacher_params, depth, keep_mlm_head=predict)
+    teacher_cfg, teacher_params = trim_teacher(teacher_cfg, teacher_params, depth, keep_mlm_head=predict,
+                                               dtype=config.teacher.dtype)
     spec = DistillSpec(student=student_cfg, teacher=teacher_cfg, layer_map=layer_map, mode=config.loss.mode,
                        weights=weights, temperature=config.loss.temperature)
     logging.info("layer map (student <- teacher): attention %s, hidden %s; teacher runs %d layers",

@@ -1,12 +1,13 @@
 """One Flax linen BERT for teacher and student.
 
-The encoder layers are stacked with `nn.scan`, so every per-layer parameter carries a leading 'layers' axis:
-compile time does not grow with depth, and selecting teacher layers (DistilBERT init, layer maps) is indexing.
+Every per-layer parameter carries a leading 'layers' axis and the layers run under `lax.scan`: compile time
+does not grow with depth, and selecting teacher layers (DistilBERT init, layer maps) is indexing.
 Attention scores are returned *pre-softmax* with the additive key mask applied, the quantity TinyBERT distils.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -129,23 +130,33 @@ class Embeddings(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """One encoder layer, written as a scan body: (hidden, ...) -> (hidden, (hidden, scores))."""
+    """One encoder layer, written as a scan body: (hidden, ...) -> (hidden, (hidden, scores)).
+
+    Hidden states are [batch * T, hidden]: dense layers and their gradients are plain 2-D GEMMs that way (a 3-D
+    input makes the weight gradient contract two axes, ~25% slower on XLA:CPU).
+    """
 
     cfg: BertConfig
 
     @nn.compact
     def __call__(self, hidden, mask_bias, deterministic: bool):
         cfg = self.cfg
-        batch, length, _ = hidden.shape
-        split = lambda x: x.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
+        batch, length = mask_bias.shape
+        # [batch, heads, T, head_dim]: with heads before T both attention matmuls are plain batched GEMMs; mixed
+        # layouts (e.g. "bhqk,bkhd->bqhd") make XLA:CPU fall back to a slow loop, 3.5x slower per attention block.
+        split = lambda x: x.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
         q = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "query")(hidden))
         k = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "key")(hidden))
         v = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "value")(hidden))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(float(cfg.head_dim))
+        # Scale q, not the scores: T/head_dim times fewer multiplies, and a Python float stays a scalar in XLA
+        # (a jnp constant was materialised as a full [B, heads, T, T] broadcast on every call).
+        q = q * (1.0 / math.sqrt(cfg.head_dim))
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
         scores = scores + mask_bias[:, None, None, :]
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(jax.nn.softmax(scores, axis=-1),
                                                               deterministic=deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).reshape(batch, length, cfg.hidden_size)
+        context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v)
+        context = context.transpose(0, 2, 1, 3).reshape(batch * length, cfg.hidden_size)
         attn = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output")(context)
         attn = nn.Dropout(cfg.hidden_dropout_prob)(attn, deterministic=deterministic)
         hidden = _layer_norm(cfg, "attention_norm")(hidden + attn)
@@ -154,7 +165,7 @@ class BertLayer(nn.Module):
         ffn = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(ffn)
         ffn = nn.Dropout(cfg.hidden_dropout_prob)(ffn, deterministic=deterministic)
         hidden = _layer_norm(cfg, "output_norm")(hidden + ffn)
-        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "hidden"))
+        hidden = nn.with_logical_constraint(hidden, ("batch", "hidden"))
         return hidden, (hidden, scores)
 
 
@@ -181,9 +192,7 @@ class Bert(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embeddings = Embeddings(cfg)
-        self.layers = nn.scan(BertLayer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                              in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
-                              metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+        self.layers = self.param("layers", self._init_layers)
         if cfg.pooler:
             self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
         if cfg.mlm_head:
@@ -193,18 +202,70 @@ class Bert(nn.Module):
             rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
             self.classifier_dropout = nn.Dropout(rate)
 
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic: bool = True) -> BertOutput:
+    def _init_layers(self, rng: jax.Array) -> Any:
+        """Every layer's parameters stacked on a leading 'layers' axis: [L, ...] per leaf."""
         cfg = self.cfg
+        tokens = jnp.zeros((1, cfg.hidden_size), jnp.dtype(cfg.dtype))
+        # parent=None: a free-standing module, initialised and applied with explicit parameters
+        init_one = lambda key: BertLayer(cfg, parent=None).init(key, tokens, jnp.zeros((1, 1)), True)["params"]
+        stacked = jax.vmap(init_one)(jax.random.split(rng, cfg.num_hidden_layers))
+        return nn.meta.add_axis(stacked, 0, {nn.PARTITION_NAME: "layers"})
+
+    def _encode(self, tokens, mask_bias, deterministic: bool, output_layers: tuple[int, ...]):
+        """Runs every layer; returns (last hidden, {layer: (hidden, scores)} for the layers in output_layers).
+
+        Layers whose outputs are wanted run one by one; runs of the others go through one `lax.scan` that keeps
+        only its carry. So unused scores and hidden states are never written, and no stacked per-layer outputs
+        exist: under autodiff those need zero-filled [L, ...] cotangent buffers, which cost a student's
+        backward pass more than its attention matmuls on XLA:CPU.
+        """
+        layer = BertLayer(self.cfg, parent=None)
+        count = self.cfg.num_hidden_layers
+        keys = (jax.random.split(self.make_rng("dropout"), count) if not deterministic
+                else jnp.zeros((count, 2), jnp.uint32))
+
+        def run(hidden, index, key):
+            # Index inside the loop: slicing the stacked weights outside it would copy them.
+            params = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), self.layers)
+            rngs = {} if deterministic else {"dropout": key}
+            return layer.apply({"params": params}, hidden, mask_bias, deterministic, rngs=rngs)
+
+        collected = {}
+        start = 0
+        while start < count:
+            if start + 1 in output_layers:
+                tokens, collected[start + 1] = run(tokens, start, keys[start])
+                start += 1
+                continue
+            end = start
+            while end < count and end + 1 not in output_layers:
+                end += 1
+            tokens, _ = jax.lax.scan(lambda hidden, xs: (run(hidden, *xs)[0], None), tokens,
+                                     (jnp.arange(start, end), keys[start:end]))
+            start = end
+        return tokens, collected
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, deterministic: bool = True,
+                 output_layers: Optional[tuple[int, ...]] = None) -> BertOutput:
+        """`output_layers`: 1-based layers whose hidden state and attention scores are returned (None: all);
+        the others' entries in the output are None. The embedding output and last hidden state are always there."""
+        cfg = self.cfg
+        if output_layers is None:
+            output_layers = tuple(range(1, cfg.num_hidden_layers + 1))
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         mask_bias = (1.0 - attention_mask.astype(jnp.float32)) * MASK_BIAS
+        batch, length = input_ids.shape
         hidden = self.embeddings(input_ids, token_type_ids, deterministic)
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "hidden"))
-        _, (per_layer_hidden, per_layer_scores) = self.layers(hidden, mask_bias, deterministic)
-        hidden_states = (hidden,) + tuple(per_layer_hidden[i] for i in range(cfg.num_hidden_layers))
-        scores = tuple(per_layer_scores[i] for i in range(cfg.num_hidden_layers))
+        last, collected = self._encode(hidden.reshape(batch * length, cfg.hidden_size), mask_bias, deterministic,
+                                       tuple(output_layers))
+        as_3d = lambda x: x.reshape(batch, length, cfg.hidden_size)
+        hidden_states = (hidden,) + tuple(as_3d(collected[i][0]) if i in collected else None
+                                          for i in range(1, cfg.num_hidden_layers)) + (as_3d(last),)
+        scores = tuple(collected[i][1] if i in collected else None for i in range(1, cfg.num_hidden_layers + 1))
 
         pooled = logits = None
         if cfg.pooler:

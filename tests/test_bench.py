@@ -1,0 +1,68 @@
+"""Every benchmark runs at tiny sizes and reports sane, positive numbers (speed itself is not asserted)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--teacher=2,32,64,4", "--student=1,16,32,4", "--vocab=120", "--batch=4", "--seq-len=16", "--reps=2",
+        "--warmup=1", "--inference-batches", "4", "1"]
+
+
+def positive_numbers(tree):
+    if isinstance(tree, dict):
+        return all(positive_numbers(v) for v in tree.values())
+    if isinstance(tree, list):
+        return all(positive_numbers(v) for v in tree)
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return math.isfinite(tree) and tree > 0
+    return True
+
+
+def test_all_benchmarks_at_tiny_sizes(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "all", "--vs-pytorch", *TINY,
+                             f"--json={out}"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for title in ("step: general distillation", "vs transformers (PyTorch", "inference: forward only", "data: prepare"):
+        assert title in result.stdout
+    report = json.loads(out.read_text())
+    assert positive_numbers(report)
+    step = report["step"]
+    assert step["examples_per_s"] > 0 and step["compile_s"] > 0
+    assert 0 < step["fraction_of_matmul_ceiling"] < 1.5
+    # model FLOPs: teacher 2 layers fwd + 3x student 1 layer + projection, per example, times the batch
+    t, s = (2 * (4 * 16 * 32 * 32 + 2 * 16 * 16 * 32 + 2 * 16 * 32 * 64) * 2,
+            2 * (4 * 16 * 16 * 16 + 2 * 16 * 16 * 16 + 2 * 16 * 16 * 32))
+    projection = 2 * 16 * 16 * 32 * 2  # two mapped hidden states (embeddings + layer 1)
+    assert step["flops_per_step"] == 4 * (t + 3 * (s + projection))
+    versus = report["step_vs_pytorch"]
+    assert versus["ratio"] == versus["jax_examples_per_s"] / versus["pytorch_examples_per_s"]
+    inference = report["inference"]
+    assert inference["teacher_params"] > inference["student_params"]
+    assert set(inference["batches"]) == {"batch 4", "batch 1"}
+    data = report["data"]
+    assert data["prepare_tokens"] > 1000 and data["loader_over_step"] > 0
+
+
+def test_bf16_teacher_step_and_chunked_inference(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [a for a in TINY if a not in ("--inference-batches", "4", "1")]
+    for benchmark in ("step", "inference"):
+        result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", benchmark, "--teacher-dtype=bfloat16",
+                                 *args, "--inference-batches", "8", "--inference-chunk=4", f"--json={out}"],
+                                cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(out.read_text())
+        assert positive_numbers(report)
+        if benchmark == "step":
+            assert report["step"]["teacher_dtype"] == "bfloat16"
+    assert set(report["inference"]["batches"]) == {"batch 8", "batch 8 in chunks of 4"}
+
+
+def test_bad_model_size_is_one_line():
+    result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "step", "--teacher=12,770,3072,12"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --teacher='12,770,3072,12'")

@@ -1,0 +1,151 @@
+"""python -m tinybert_jax.bench {step,inference,data,all} [options] [--json=FILE]
+
+Each sub-benchmark prints a table and, with --json, writes its numbers (the step's under `step`, e.g.
+`step.examples_per_s`). Warm-up calls are excluded; medians are reported with min/max over the repetitions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import jax
+
+from tinybert_jax.bench import data, inference, step
+from tinybert_jax.bench.timing import matmul_ceiling
+from tinybert_jax.errors import InputError
+from tinybert_jax.models.bert import BertConfig
+
+
+def model_size(text: str, vocab: int, where: str) -> BertConfig:
+    """'layers,hidden,ffn,heads' -> BertConfig."""
+    try:
+        layers, hidden, ffn, heads = (int(x) for x in text.split(","))
+        return BertConfig(vocab_size=vocab, num_hidden_layers=layers, hidden_size=hidden, intermediate_size=ffn,
+                          num_attention_heads=heads)
+    except ValueError as e:
+        raise InputError(f"--{where}={text!r}: expected 'layers,hidden,ffn,heads' of a valid BERT ({e})") from None
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join([title, "-" * len(title)] + [f"{name:<{width}}  {value}" for name, value in rows]) + "\n"
+
+
+def fmt_range(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    return f"[{values[0] * scale:.{digits}f}, {values[1] * scale:.{digits}f}]"
+
+
+def run_step(args, teacher, student, results) -> None:
+    ceiling = matmul_ceiling(((1024, 768, 3072), (1024, 3072, 768), (1024, 768, 768)))
+    r = step.bench_step(teacher, student, args.batch, args.seq_len, args.reps, args.warmup, ceiling["flops_per_s"],
+                        args.teacher_dtype)
+    r["matmul_ceiling_flops_per_s"] = ceiling["flops_per_s"]
+    results["step"] = r
+    precision = "fp32" if args.teacher_dtype == "float32" else "bf16 teacher, fp32 student and losses"
+    print(table(f"step: general distillation, batch {args.batch} x seq {args.seq_len}, {precision}", [
+        ("examples/s (median) [min, max]", f"{r['examples_per_s']:.2f} {fmt_range(r['examples_per_s_range'])}"),
+        ("tokens/s", f"{r['tokens_per_s']:.0f}"),
+        ("model FLOPs per step", f"{r['flops_per_step'] / 1e9:.1f} G (teacher fwd {r['teacher_layers_run']} "
+                                 f"layers + student fwd/bwd + projection)"),
+        ("achieved FLOP/s", f"{r['achieved_flops_per_s'] / 1e9:.1f} G"),
+        ("matmul ceiling (measured)", f"{ceiling['flops_per_s'] / 1e9:.1f} G"),
+        ("fraction of ceiling", f"{r['fraction_of_matmul_ceiling']:.1%}"),
+        ("compile + first step", f"{r['compile_s']:.1f} s"),
+    ]))
+    if args.vs_pytorch:
+        v = step.bench_step_vs_pytorch(teacher, student, args.batch, args.seq_len, args.reps, args.warmup,
+                                       args.teacher_dtype)
+        v["jax_fraction_of_ceiling"] = v["jax_achieved_flops_per_s"] / ceiling["flops_per_s"]
+        v["pytorch_fraction_of_ceiling"] = v["pytorch_achieved_flops_per_s"] / ceiling["flops_per_s"]
+        results["step_vs_pytorch"] = v
+        print(table(f"step: ours ({precision}) vs transformers (PyTorch, fp32), timed alternately", [
+            ("ours examples/s", f"{v['jax_examples_per_s']:.2f} ({v['jax_fraction_of_ceiling']:.1%} of ceiling)"),
+            ("PyTorch examples/s", f"{v['pytorch_examples_per_s']:.2f} "
+                                   f"({v['pytorch_fraction_of_ceiling']:.1%} of ceiling)"),
+            ("ratio", f"{v['ratio']:.2f}x"),
+            ("step seconds ours / PyTorch [min, max]", f"{fmt_range(v['jax_step_range_s'])} / "
+                                                       f"{fmt_range(v['pytorch_step_range_s'])}"),
+        ]))
+
+
+def run_inference(args, teacher, student, results) -> None:
+    r = inference.bench_inference(teacher, student, tuple(args.inference_batches), args.seq_len,
+                                  max(args.reps // 2, 1), 1, args.inference_chunk)
+    results["inference"] = r
+    rows = [("parameters teacher / student", f"{r['teacher_params']:,} / {r['student_params']:,} "
+                                             f"({r['size_ratio']:.1f}x smaller; paper 7.5x)"),
+            ("encoder FLOP ratio", f"{r['flop_ratio']:.1f}x")]
+    for run, b in r["batches"].items():
+        rows += [(f"{run}: teacher latency [min, max]", f"{b['teacher']['latency_s'] * 1e3:.1f} ms "
+                                                        f"{fmt_range(b['teacher']['latency_range_s'], 1e3, 1)}"),
+                 (f"{run}: student latency [min, max]", f"{b['student']['latency_s'] * 1e3:.1f} ms "
+                                                        f"{fmt_range(b['student']['latency_range_s'], 1e3, 1)}"),
+                 (f"{run}: throughput teacher / student", f"{b['teacher']['sequences_per_s']:.1f} / "
+                                                          f"{b['student']['sequences_per_s']:.1f} seq/s"),
+                 (f"{run}: student speed-up", f"{b['speedup']:.1f}x (paper 9.4x)")]
+    print(table(f"inference: forward only, seq {args.seq_len}, fp32", rows))
+
+
+def run_data(args, teacher, student, results) -> None:
+    consumption = results.get("step", {}).get("examples_per_s")
+    if consumption is None:  # measure what the step eats, briefly
+        consumption = step.bench_step(teacher, student, args.batch, args.seq_len, 3, 1, 1.0)["examples_per_s"]
+    r = data.bench_data(args.source, args.tokenizer, args.seq_len, args.batch, args.reps, consumption)
+    results["data"] = r
+    print(table(f"data: prepare and load ({args.source}, seq {args.seq_len})", [
+        ("prepare", f"{r['prepare_tokens_per_s']:.0f} tokens/s ({r['prepare_tokens']:,} tokens, "
+                    f"{r['prepare_sequences']:,} sequences in {r['prepare_s']:.1f} s)"),
+        ("loader", f"{r['loader_sequences_per_s']:.0f} sequences/s at batch {r['loader_batch']}"),
+        ("step consumes", f"{r['step_examples_per_s']:.1f} sequences/s"),
+        ("loader / step", f"{r['loader_over_step']:.0f}x"),
+    ]))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tinybert_jax.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark", choices=("step", "inference", "data", "all"))
+    parser.add_argument("--vs-pytorch", action="store_true", help="step: also time the PyTorch reference")
+    parser.add_argument("--teacher", default="12,768,3072,12", help="layers,hidden,ffn,heads (BERT-base)")
+    parser.add_argument("--student", default="4,312,1200,12", help="layers,hidden,ffn,heads (TinyBERT4)")
+    parser.add_argument("--vocab", type=int, default=30522)
+    parser.add_argument("--batch", type=int, default=8, help="step and loader batch")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--inference-batches", type=int, nargs="+", default=[128, 1])
+    parser.add_argument("--inference-chunk", type=int, default=16,
+                        help="inference: batches above this also run as a loop over chunks of this many sequences")
+    parser.add_argument("--teacher-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="step: teacher precision (the student and the losses are always float32)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--source", default="embedded", help="data: corpus (as data.source)")
+    parser.add_argument("--tokenizer", default="", help="data: tokenizer dir ('' = WordPiece trained on the corpus)")
+    parser.add_argument("--json", default="", help="write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        teacher = model_size(args.teacher, args.vocab, "teacher")
+        student = model_size(args.student, args.vocab, "student")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                           "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}}
+    chosen = ("step", "inference", "data") if args.benchmark == "all" else (args.benchmark,)
+    runners = {"step": run_step, "inference": run_inference, "data": run_data}
+    for name in chosen:
+        runners[name](args, teacher, student, results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`step`: general-distillation step throughput, FLOPs and the fraction of the matmul ceiling it reaches."""
+from __future__ import annotations
+
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from tinybert_jax import sharding
+from tinybert_jax.bench.timing import encoder_flops, time_calls
+from tinybert_jax.distill.general import init_trainable
+from tinybert_jax.distill.layer_map import resolve_layer_map
+from tinybert_jax.distill.step import DistillSpec, make_distill_step, trim_teacher
+from tinybert_jax.models.bert import BertConfig, init_params
+from tinybert_jax.train.optimizer import make_optimizer
+from tinybert_jax.train.state import create_state
+
+WEIGHTS = (("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0))
+ADAMW = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-4, schedule="linear", warmup_ratio=0.1,
+                                       b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
+
+
+def random_batch(vocab_size: int, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Full-length sequences (pre-training data is packed to seq_len) with a [CLS] A [SEP] B [SEP] layout."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab_size, (batch, seq_len), dtype=np.int32)
+    types = np.zeros((batch, seq_len), np.int32)
+    types[:, seq_len // 2:] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones((batch, seq_len), np.int32)}
+
+
+def step_flops(spec: DistillSpec, seq_len: int) -> float:
+    """Model FLOPs per example: teacher forward over the layers it runs, student forward + backward (3x forward),
+    and the hidden projection (forward + backward) on every mapped hidden state."""
+    student = encoder_flops(spec.student, seq_len)
+    teacher = encoder_flops(spec.teacher, seq_len)
+    projection = 2 * seq_len * spec.student.hidden_size * spec.teacher.hidden_size * len(spec.layer_map.hidden_pairs)
+    return teacher + 3 * (student + projection)
+
+
+def build_step(teacher: BertConfig, student: BertConfig, teacher_dtype: str = "float32"):
+    """(compiled-on-first-call step, state, teacher params, spec) on a mesh over all local devices."""
+    layer_map = resolve_layer_map("uniform", teacher.num_hidden_layers, student.num_hidden_layers)
+    teacher_params = init_params(teacher, jax.random.PRNGKey(1))
+    teacher_cfg, teacher_params = trim_teacher(teacher, teacher_params, layer_map.teacher_depth, False,
+                                               dtype=teacher_dtype)
+    spec = DistillSpec(student, teacher_cfg, layer_map, "tinybert", WEIGHTS)
+    tx, schedule = make_optimizer(ADAMW, 1000)
+    mesh = sharding.make_mesh(-1, 1)
+    state, state_shardings = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, [])
+    teacher_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), teacher_params)
+    teacher_params = sharding.put_sharded(teacher_params, teacher_shardings)
+    step = sharding.compile_step(make_distill_step(spec, tx, schedule), mesh, [],
+                                 in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh)),
+                                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    return step, state, teacher_params, spec, mesh
+
+
+def bench_step(teacher: BertConfig, student: BertConfig, batch: int, seq_len: int, reps: int, warmup: int,
+               ceiling_flops_per_s: float, teacher_dtype: str = "float32") -> dict:
+    step, state, teacher_params, spec, mesh = build_step(teacher, student, teacher_dtype)
+    host_batch = random_batch(teacher.vocab_size, batch, seq_len)
+    device_batch = sharding.global_batch(host_batch, mesh)
+
+    start = time.perf_counter()
+    state, metrics = step(state, teacher_params, device_batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start  # first call: trace + compile + one step
+
+    def one_step():
+        nonlocal state
+        state, out = step(state, teacher_params, device_batch)
+        jax.block_until_ready(out)
+
+    timing = time_calls(one_step, reps=reps, warmup=warmup)
+    flops = step_flops(spec, seq_len) * batch
+    achieved = flops / timing.median
+    return {"teacher_dtype": teacher_dtype, "teacher_layers_run": spec.teacher.num_hidden_layers, "batch": batch,
+            "seq_len": seq_len,
+            "examples_per_s": batch / timing.median, "examples_per_s_range": [batch / timing.max, batch / timing.min],
+            "tokens_per_s": batch * seq_len / timing.median, "step_s": timing.median,
+            "flops_per_step": flops, "achieved_flops_per_s": achieved,
+            "fraction_of_matmul_ceiling": achieved / ceiling_flops_per_s, "compile_s": compile_s,
+            "reps": reps}
+
+
+def bench_step_vs_pytorch(teacher: BertConfig, student: BertConfig, batch: int, seq_len: int, reps: int,
+                          warmup: int, teacher_dtype: str = "float32") -> dict:
+    """Our step and the PyTorch reference on the same batch, timed alternately so both see the same machine."""
+    from tinybert_jax.bench.torch_step import build_torch_step
+
+    step, state, teacher_params, spec, mesh = build_step(teacher, student, teacher_dtype)
+    host_batch = random_batch(teacher.vocab_size, batch, seq_len)
+    device_batch = sharding.global_batch(host_batch, mesh)
+    torch_step = build_torch_step(teacher, student, spec.layer_map, host_batch)
+
+    def jax_step():
+        nonlocal state
+        state, out = step(state, teacher_params, device_batch)
+        jax.block_until_ready(out)
+
+    for _ in range(warmup + 1):  # the first JAX call compiles
+        jax_step()
+        torch_step()
+    jax_seconds, torch_seconds = [], []
+    for _ in range(reps):
+        jax_seconds.append(time_calls(jax_step, reps=1, warmup=0).median)
+        torch_seconds.append(time_calls(torch_step, reps=1, warmup=0).median)
+    ours, theirs = batch / np.median(jax_seconds), batch / np.median(torch_seconds)
+    flops = step_flops(spec, seq_len) * batch
+    return {"jax_examples_per_s": ours, "pytorch_examples_per_s": theirs, "ratio": ours / theirs,
+            "jax_achieved_flops_per_s": flops * ours / batch, "pytorch_achieved_flops_per_s": flops * theirs / batch,
+            "jax_step_range_s": [min(jax_seconds), max(jax_seconds)],
+            "pytorch_step_range_s": [min(torch_seconds), max(torch_seconds)], "reps": reps}

@@ -1,0 +1,78 @@
+"""The general-distillation step written with `transformers`' PyTorch BertModel: the speed reference.
+
+Same teacher/student sizes, same losses (TinyBERT semantics: pre-softmax scores, one shared projection),
+AdamW with weight decay off for biases and LayerNorm, global-norm clipping, dropout on in the student.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from tinybert_jax.distill.layer_map import LayerMap
+from tinybert_jax.models.bert import BertConfig
+
+_SCORES_ATTENTION = "tinybert_scores"
+
+
+def _attention_returning_scores(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention that returns the pre-softmax scores (plus additive mask), as TinyBERT's modified BERT does."""
+    import torch
+
+    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.size(-1) ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.nn.functional.dropout(torch.softmax(scores, dim=-1), p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), scores
+
+
+def _hf_config(cfg: BertConfig):
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings, hidden_dropout_prob=cfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob)
+    config._attn_implementation = _SCORES_ATTENTION
+    return config
+
+
+def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerMap,
+                     batch: dict[str, np.ndarray]) -> Callable[[], float]:
+    """A zero-argument function running one full training step on `batch`; returns the loss."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    transformers.AttentionInterface.register(_SCORES_ATTENTION, _attention_returning_scores)
+    torch.manual_seed(0)
+    teacher_model = transformers.BertModel(_hf_config(teacher), add_pooling_layer=False).eval()
+    student_model = transformers.BertModel(_hf_config(student), add_pooling_layer=False).train()
+    projection = torch.nn.Linear(student.hidden_size, teacher.hidden_size)
+    named = list(student_model.named_parameters()) + [(f"projection.{n}", p) for n, p in projection.named_parameters()]
+    decayed = [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n)]
+    plain = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n]
+    optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.01}, {"params": plain, "weight_decay": 0.0}],
+                                  lr=1e-4, eps=1e-6)
+    inputs = {name: torch.from_numpy(value.astype(np.int64)) for name, value in batch.items()}
+    zeroed = lambda scores: torch.where(scores <= -100, torch.zeros_like(scores), scores)
+    mse = torch.nn.functional.mse_loss
+
+    def step() -> float:
+        with torch.no_grad():
+            t_out = teacher_model(**inputs, output_hidden_states=True, output_attentions=True)
+        s_out = student_model(**inputs, output_hidden_states=True, output_attentions=True)
+        attention = sum(mse(zeroed(s_out.attentions[s - 1]), zeroed(t_out.attentions[t - 1]))
+                        for s, t in layer_map.attention_pairs)
+        hidden = sum(mse(projection(s_out.hidden_states[s]), t_out.hidden_states[t])
+                     for s, t in layer_map.hidden_pairs)  # includes the embedding term (index 0)
+        loss = attention + hidden
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+        optimizer.step()
+        return loss.item()
+
+    return step
