@@ -43,7 +43,7 @@ def setup(weights=(("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0)), mod
 
 def test_teacher_frozen_and_trimmed():
     spec, step, state, teacher_params, batch = setup(layer_map="bottom")
-    assert spec.teacher.num_hidden_layers == 2 and teacher_params["layers"]["query"]["kernel"].shape[0] == 2
+    assert spec.teacher.num_hidden_layers == 2 and len(teacher_params["layers"]) == 2
     before = jax.tree.map(np.array, teacher_params)
     grads = jax.grad(lambda tp: step(state, tp, batch)[1]["loss"])(teacher_params)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))

@@ -42,6 +42,9 @@ def _hf_config(cfg: BertConfig):
 def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerMap,
                      batch: dict[str, np.ndarray]) -> Callable[[], float]:
     """A zero-argument function running one full training step on `batch`; returns the loss."""
+    # PyTorch's OpenMP workers otherwise spin for a while after each op, stealing the cores from the XLA step
+    # timed right after it (only effective if torch is not imported yet, as in the benchmark process).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     import transformers
 

@@ -12,7 +12,7 @@ import optax
 from tinybert_jax.distill import losses
 from tinybert_jax.distill.layer_map import LayerMap
 from tinybert_jax.distill.projection import HiddenProjection
-from tinybert_jax.models.bert import Bert, BertConfig
+from tinybert_jax.models.bert import Bert, BertConfig, unstack_layers
 from tinybert_jax.train.state import TrainState
 
 LOSS_TERMS = ("embedding", "attention", "hidden", "prediction")
@@ -103,4 +103,5 @@ def trim_teacher(cfg: BertConfig, params: dict, depth: int, keep_mlm_head: bool,
                "layers": jax.tree.map(lambda x: x[:depth], params["layers"])}
     if keep_mlm_head:
         trimmed["mlm_head"] = params["mlm_head"]
-    return trimmed_cfg, jax.tree.map(lambda x: np.asarray(x).astype(jnp.dtype(dtype)), trimmed)
+    # Frozen, so stored layer by layer: no step then slices (copies) weights out of stacked arrays.
+    return unstack_layers(trimmed_cfg, jax.tree.map(lambda x: np.asarray(x).astype(jnp.dtype(dtype)), trimmed))
