@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jax
 import ml_collections
-from absl import logging
 
 from tinybert_jax import convert, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
@@ -20,7 +19,7 @@ from tinybert_jax.models.bert import Bert, bert_config_from
 from tinybert_jax.train.loop import LoopSettings, run_loop
 from tinybert_jax.train.mlm import make_mlm_step
 from tinybert_jax.train.optimizer import make_optimizer
-from tinybert_jax.train.state import create_state
+from tinybert_jax.train.state import create_state, resume_or_load
 
 
 def pretrain_teacher(config: ml_collections.ConfigDict, teacher_dir: Path, prepared_dir: Path) -> Path:
@@ -49,10 +48,7 @@ def pretrain_teacher(config: ml_collections.ConfigDict, teacher_dir: Path, prepa
     checkpoints = RunCheckpoints(teacher_dir / "checkpoints", keep=config.checkpoint.keep,
                                  every_steps=training.checkpoint_every_steps)
     meta = {"model": dataclasses.asdict(cfg), "seq_len": config.data.seq_len}
-    latest = checkpoints.latest_compatible_step(meta)
-    if latest is not None:
-        logging.info("resuming teacher pre-training from step %d", latest)
-        state = checkpoints.restore(latest, state, state_shardings, data_iterator)
+    state = resume_or_load(state, state_shardings, checkpoints, meta, data_iterator, {})
 
     special_ids = (token_ids["cls_id"], token_ids["sep_id"], token_ids["pad_id"])
     step = sharding.compile_step(make_mlm_step(cfg, tx, schedule, special_ids, token_ids["mask_id"],

@@ -23,7 +23,7 @@ from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import Bert, BertConfig, abstract_params, bert_config_from
 from tinybert_jax.train.loop import LoopSettings, run_loop
 from tinybert_jax.train.optimizer import make_optimizer
-from tinybert_jax.train.state import create_state
+from tinybert_jax.train.state import TrainState, create_state, resume_or_load
 
 
 def student_config(config: ml_collections.ConfigDict, teacher: BertConfig) -> tuple[BertConfig, dict | None]:
@@ -106,7 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     meta = run_meta(spec, config.data.seq_len)
     checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.checkpoint.keep,
                                  every_steps=config.checkpoint.every_steps)
-    latest = checkpoints.latest_compatible_step(meta)
+    checkpoints.latest_compatible_step(meta)  # refuse another run's workdir before preparing any data
 
     prepared_dir = Path(config.data.prepared_dir or workdir / "data")
     data_meta = prepare.ensure_prepared(
@@ -114,35 +114,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         tfds_data_dir=config.data.tfds_data_dir, tfds_text_key=config.data.tfds_text_key,
         short_seq_prob=config.data.short_seq_prob)
 
-    num_steps = total_steps(config, data_meta["count"])
-    tx, schedule = make_optimizer(config.optimizer, num_steps)
-    state, state_shardings = create_state(
-        lambda rng: init_trainable(spec, rng), tx, config.seed, mesh, rules)
-    if student_params is not None and latest is None:
-        student_shardings = state_shardings.params["student"]
-        state = state.replace(params={**state.params, "student": sharding.put_sharded(
-            _fill_missing(student_params, state.params["student"]), student_shardings)})
-
     local_batch = config.train.batch_size // jax.process_count()
     data_iterator = loader.make_train_iterator(prepared_dir, local_batch, config.seed,
                                                shard_index=jax.process_index(), shard_count=jax.process_count())
-    if latest is not None:
-        logging.info("resuming from step %d in %s", latest, checkpoints.directory)
-        state = checkpoints.restore(latest, state, state_shardings, data_iterator)
-
-    teacher_shardings = sharding.shardings_of(abstract_params(teacher_cfg), mesh, rules)
-    teacher_params = sharding.put_sharded(teacher_params, teacher_shardings)
-    step = sharding.compile_step(make_distill_step(spec, tx, schedule), mesh, rules,
-                                 in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh)),
-                                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-    state = run_loop(lambda s, batch: step(s, teacher_params, batch), state, data_iterator, mesh, checkpoints, meta,
-                     workdir, LoopSettings(num_steps, config.train.batch_size, config.log.every_steps,
-                                           desc="general distillation"))
+    num_steps = total_steps(config, data_meta["count"])
+    tx, schedule = make_optimizer(config.optimizer, num_steps)
+    state = train_intermediate(spec, teacher_params, student_params, data_iterator, mesh, rules, tx, schedule,
+                               config.seed, checkpoints, meta, workdir,
+                               LoopSettings(num_steps, config.train.batch_size, config.log.every_steps,
+                                            desc="general distillation"))
 
     if jax.process_index() == 0:
         convert.save_hf_bert(student_cfg, jax.device_get(state.params["student"]), workdir / "export",
                              tokenizer_dir=teacher_dir, overwrite=True)
         logging.info("student exported to %s", workdir / "export")
+
+
+def train_intermediate(spec: DistillSpec, teacher_params: dict, student_params: dict | None, data_iterator,
+                       mesh: jax.sharding.Mesh, rules, tx, schedule, seed: int, checkpoints: RunCheckpoints,
+                       meta: dict, workdir: Path, settings: LoopSettings) -> TrainState:
+    """Intermediate-layer distillation (general, and task stage 1): sharded state from `student_params` (or random)
+    or the newest checkpoint, the frozen teacher placed on the mesh, the fused step, the loop."""
+    state, state_shardings = create_state(lambda rng: init_trainable(spec, rng), tx, seed, mesh, rules)
+    state = resume_or_load(state, state_shardings, checkpoints, meta, data_iterator,
+                           {"student": student_params} if student_params is not None else {})
+    teacher_shardings = sharding.shardings_of(abstract_params(spec.teacher), mesh, rules)
+    teacher_params = sharding.put_sharded(teacher_params, teacher_shardings)
+    step = sharding.compile_step(make_distill_step(spec, tx, schedule), mesh, rules,
+                                 in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh)),
+                                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    return run_loop(lambda s, batch: step(s, teacher_params, batch), state, data_iterator, mesh, checkpoints, meta,
+                    workdir, settings)
 
 
 def init_trainable(spec: DistillSpec, rng: jax.Array) -> dict:
@@ -152,8 +154,3 @@ def init_trainable(spec: DistillSpec, rng: jax.Array) -> dict:
     student = Bert(spec.student).init(student_rng, ids, ids, ids)["params"]
     projection = spec.projection.init(projection_rng, jax.numpy.zeros((1, spec.student.hidden_size)))["params"]
     return {"student": student, "projection": projection}
-
-
-def _fill_missing(loaded: dict, initialised: dict) -> dict:
-    """Loaded params, with any module the checkpoint lacks (e.g. a new MLM head) taken from the random init."""
-    return {key: loaded.get(key, jax.device_get(value)) for key, value in initialised.items()}

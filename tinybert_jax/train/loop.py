@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -21,12 +21,18 @@ class LoopSettings:
     global_batch_size: int
     log_every_steps: int
     desc: str
+    eval_every_steps: int = 0  # > 0: call `evaluate` then and at the end
 
 
 def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
              data_iterator: Iterator[dict], mesh: jax.sharding.Mesh, checkpoints: RunCheckpoints, meta: dict,
-             workdir: Path, settings: LoopSettings) -> TrainState:
-    """Runs from the state's step to settings.num_steps; logs every log_every_steps and at the end."""
+             workdir: Path, settings: LoopSettings,
+             evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None) -> TrainState:
+    """Runs from the state's step to settings.num_steps; logs every log_every_steps and at the end.
+
+    `evaluate(state, step)` (dev-set metrics, logged with a "dev/" prefix) runs every eval_every_steps and at the
+    end, before that step's checkpoint.
+    """
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     bar = progress_bar(settings.num_steps, start, settings.desc)
@@ -42,6 +48,9 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
                 last_log_step, last_log_time = step, now
                 writer.write(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+            if evaluate is not None and (final or (settings.eval_every_steps and
+                                                   step % settings.eval_every_steps == 0)):
+                writer.write(step, {f"dev/{name}": value for name, value in evaluate(state, step).items()})
             if final or checkpoints.should_save(step):
                 checkpoints.save(step, state, data_iterator, meta, force=final)
             bar.update(1)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from absl import logging
+
 from tinybert_jax import sharding
 
 
@@ -31,3 +33,18 @@ def create_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 
     return sharding.create_sharded(init, mesh, rules)
+
+
+def resume_or_load(state: TrainState, state_shardings: Any, checkpoints, meta: dict, data_iterator: Any,
+                   loaded: dict[str, Any]) -> TrainState:
+    """The newest compatible checkpoint (state and data position), or else `state` with params[key] replaced by
+    `loaded[key]` (host arrays); modules a loaded tree lacks (e.g. a new classifier) keep their initialisation."""
+    latest = checkpoints.latest_compatible_step(meta)
+    if latest is not None:
+        logging.info("resuming from step %d in %s", latest, checkpoints.directory)
+        return checkpoints.restore(latest, state, state_shardings, data_iterator)
+    params = dict(state.params)
+    for key, tree in loaded.items():
+        filled = {name: tree.get(name, jax.device_get(value)) for name, value in state.params[key].items()}
+        params[key] = sharding.put_sharded(filled, state_shardings.params[key])
+    return state.replace(params=params)
