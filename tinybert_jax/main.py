@@ -20,6 +20,7 @@ PIPELINES = {
     "init_student": "tinybert_jax.init_student",
     "general": "tinybert_jax.distill.general",
     "demo": "tinybert_jax.demo",
+    "finetune": "tinybert_jax.task.finetune",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)

@@ -154,7 +154,7 @@ def parse_tfds_source(source: str) -> tuple[str, str]:
 
 
 def _tfds_documents(source: str, stats: CorpusStats, data_dir: str, text_key: str) -> Iterator[list[str]]:
-    records = _open_tfds(source, data_dir)
+    records = open_tfds(source, data_dir)
     stats.expected_records = len(records)
     for index in range(len(records)):
         yield _tfds_document(records[index], source, text_key)
@@ -170,7 +170,7 @@ def _tfds_document(record: dict, source: str, text_key: str) -> list[str]:
     return split_sentences(str(text), wrapped=False)
 
 
-def _open_tfds(source: str, data_dir: str):
+def open_tfds(source: str, data_dir: str):
     import tensorflow_datasets as tfds  # heavy import, only needed for this kind of source
 
     name, split = parse_tfds_source(source)

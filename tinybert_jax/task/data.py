@@ -1,0 +1,50 @@
+"""Task data in memory: encoded GLUE splits as numpy arrays, a checkpointable Grain iterator over them, and
+fixed-size evaluation batches. GLUE sets are small (MNLI train: 393k pairs, ~600 MB at 128 tokens)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import grain
+import numpy as np
+
+from tinybert_jax.errors import InputError
+
+Arrays = dict[str, np.ndarray]  # input_ids, token_type_ids, attention_mask [N, T], labels [N], ...
+
+
+class ArrayRows:
+    """Row i of every array, as Grain's random-access source protocol wants (len + getitem)."""
+
+    def __init__(self, arrays: Arrays):
+        self._arrays = arrays
+        self._count = len(next(iter(arrays.values())))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {name: values[index] for name, values in self._arrays.items()}
+
+
+def count(arrays: Arrays) -> int:
+    return len(next(iter(arrays.values())))
+
+
+def train_iterator(arrays: Arrays, batch_size: int, seed: int, shard_index: int = 0,
+                   shard_count: int = 1) -> grain.DatasetIterator:
+    """Endless shuffled batches (reshuffled each epoch; batches may straddle epochs), position checkpointable."""
+    dataset = grain.MapDataset.source(ArrayRows(arrays))[shard_index::shard_count]
+    if len(dataset) < batch_size:
+        raise InputError(f"the training set has {len(dataset)} examples for this process, fewer than its batch "
+                         f"size {batch_size}; use a smaller batch")
+    dataset = dataset.shuffle(seed).repeat().batch(batch_size, drop_remainder=True)
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)))
+
+
+def eval_batches(arrays: Arrays, batch_size: int) -> Iterator[tuple[Arrays, int]]:
+    """(batch, real rows) in order; the last batch is padded by repeating its last row so shapes stay fixed."""
+    total = count(arrays)
+    for start in range(0, total, batch_size):
+        rows = min(batch_size, total - start)
+        index = np.minimum(np.arange(start, start + batch_size), total - 1)
+        yield {name: values[index] for name, values in arrays.items()}, rows

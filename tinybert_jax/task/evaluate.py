@@ -1,0 +1,67 @@
+"""Dev-set evaluation: batched predictions, GLUE metrics, and keeping the best-on-dev parameters."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+from tinybert_jax import convert
+from tinybert_jax.data.glue import GlueTask
+from tinybert_jax.metrics import task_metrics
+from tinybert_jax.models.bert import BertConfig
+from tinybert_jax.task.data import Arrays, eval_batches
+from tinybert_jax.task.steps import classifier_logits
+
+INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def predict(cfg: BertConfig, params: Any, arrays: Arrays, batch_size: int,
+            permutation: Optional[np.ndarray] = None) -> np.ndarray:
+    """float32 logits [N, num_labels], columns in the task's canonical label order when `permutation` is given."""
+    logits_fn = jax.jit(classifier_logits(cfg))
+    inputs = {name: arrays[name] for name in INPUTS}
+    logits = np.concatenate([np.asarray(logits_fn(params, batch))[:rows]
+                             for batch, rows in eval_batches(inputs, batch_size)])
+    return logits if permutation is None else logits[:, permutation]
+
+
+def evaluate(task: GlueTask, cfg: BertConfig, params: Any, dev_sets: dict[str, Arrays], batch_size: int,
+             permutation: Optional[np.ndarray] = None) -> dict[str, dict[str, float]]:
+    """{dev split: {metric: value}} for every dev split of the task."""
+    return {split: task_metrics(task, predict(cfg, params, arrays, batch_size, permutation), arrays["labels"])
+            for split, arrays in dev_sets.items()}
+
+
+def main_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
+    """The model-selection score: the task's main metric on its first dev split (MNLI: matched)."""
+    return scores[task.dev_splits[0]][task.main_metric]
+
+
+class BestOnDev:
+    """Evaluates during training and keeps the parameters that score best on dev (a Flax checkpoint dir), with a
+    best.json beside them; a resumed run continues from the recorded best score."""
+
+    def __init__(self, task: GlueTask, cfg: BertConfig, dev_sets: dict[str, Arrays], batch_size: int,
+                 directory: Path, params_key: str = "model"):
+        self.task, self.cfg, self.dev_sets, self.batch_size = task, cfg, dev_sets, batch_size
+        self.directory, self.params_key = Path(directory), params_key
+        record = self.directory / "best.json"
+        self.best = json.loads(record.read_text()) if record.is_file() else None
+
+    def __call__(self, state: Any, step: int) -> dict[str, float]:
+        params = state.params[self.params_key]
+        scores = evaluate(self.task, self.cfg, params, self.dev_sets, self.batch_size)
+        score = main_score(self.task, scores)
+        if (self.best is None or score > self.best["score"]) and jax.process_index() == 0:
+            self.best = {"step": step, "score": score, "scores": scores}
+            convert.save_flax_dir(self.cfg, jax.device_get(params), self.directory / "params", overwrite=True)
+            (self.directory / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
+            logging.info("step %d: new best %s %s = %.4f", step, self.task.dev_splits[0], self.task.main_metric, score)
+        return {f"{split}/{name}": value for split, metrics in scores.items() for name, value in metrics.items()}
+
+    def best_params(self) -> tuple[BertConfig, Any]:
+        return convert.load_flax_dir(self.directory / "params")
