@@ -21,6 +21,7 @@ PIPELINES = {
     "general": "tinybert_jax.distill.general",
     "demo": "tinybert_jax.demo",
     "finetune": "tinybert_jax.task.finetune",
+    "task": "tinybert_jax.task.pipeline",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)

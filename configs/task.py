@@ -1,0 +1,51 @@
+"""TinyBERT task-specific distillation: fine-tuned teacher -> general-distilled student, on one GLUE task.
+
+python -m tinybert_jax.main --config=configs/task.py --workdir=DIR --config.task=sst2 \
+    --config.data.source=glue_data/SST-2 --config.teacher.path=TEACHER_EXPORT --config.student.init=GENERAL_WORKDIR
+Stages: augmentation, stage 1 (intermediate layers), stage 2 (prediction layer), export, report (see README).
+"""
+import ml_collections
+
+
+def optimizer(learning_rate: float, schedule: str, warmup_ratio: float) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(name="adamw", learning_rate=learning_rate, schedule=schedule,
+                                          warmup_ratio=warmup_ratio, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+                                          clip_norm=1.0))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.pipeline = "task"
+    c.seed = 0
+    c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli
+    c.data = ml_collections.ConfigDict(dict(
+        source="",  # a GLUE TSV directory or "tfds" (glue/<task> prepared in tfds_data_dir)
+        tfds_data_dir="",
+        seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs (REFERENCE.md)
+    ))
+    # Fine-tuned BERT classifier (configs/finetune.py export, or any HF BertForSequenceClassification dir/hub id)
+    c.teacher = ml_collections.ConfigDict(dict(path="", dtype="float32"))
+    # A general-distillation workdir (uses its export/), a Hugging Face dir or a Flax checkpoint dir
+    c.student = ml_collections.ConfigDict(dict(init=""))
+    c.layer_map = "uniform"
+    c.loss = ml_collections.ConfigDict(dict(mode="tinybert"))
+
+    c.augment = ml_collections.ConfigDict(dict(
+        enabled=True,
+        mlm_path="bert-base-uncased",  # a BERT with its masked-LM head proposes single-piece replacements
+        glove_path="",  # GloVe text file for multi-piece words ("" = those words stay unchanged)
+        k=15, p_t=0.4, n_a=20,  # candidates per word, replacement probability, variants per sentence
+        batch_size=64,  # masked variants per MLM forward
+        max_seq_len=128,  # MLM input [CLS] masked [SEP] original [SEP]; at most the MLM's max positions
+    ))
+    # Stage 1: intermediate layers, constant LR (paper: 20 epochs; the released scripts use 10)
+    c.stage1 = ml_collections.ConfigDict(dict(batch_size=32, num_epochs=10.0, num_steps=0,
+                                              optimizer=optimizer(5e-5, "constant", 0.0)))
+    # Stage 2: prediction layer, LR in {1e-5, 2e-5, 3e-5}, 10% warm-up + linear decay
+    c.stage2 = ml_collections.ConfigDict(dict(batch_size=32, num_epochs=3.0, num_steps=0, temperature=1.0,
+                                              optimizer=optimizer(3e-5, "linear", 0.1)))
+    c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=64))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=[("batch", ("data", "fsdp")), ("embed", "fsdp")]))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2))
+    c.log = ml_collections.ConfigDict(dict(every_steps=50))
+    return c
