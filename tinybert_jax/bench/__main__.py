@@ -1,7 +1,8 @@
-"""python -m tinybert_jax.bench {step,inference,data,all} [options] [--json=FILE]
+"""python -m tinybert_jax.bench {step,inference,data,augment,all} [options] [--json=FILE]
 
 Each sub-benchmark prints a table and, with --json, writes its numbers (the step's under `step`, e.g.
 `step.examples_per_s`). Warm-up calls are excluded; medians are reported with min/max over the repetitions.
+`all` is step, inference and data; `augment` (minutes at BERT-base size on a CPU) runs on its own.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 
 import jax
 
-from tinybert_jax.bench import data, inference, step
+from tinybert_jax.bench import augment, data, inference, step
 from tinybert_jax.bench.timing import matmul_ceiling
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig
@@ -104,9 +105,30 @@ def run_data(args, teacher, student, results) -> None:
     ]))
 
 
+def run_augment(args, teacher, student, results) -> None:
+    r = augment.bench_augment(teacher, args.sentences, args.reference_sentences, args.augment_batch, args.seq_len,
+                              args.mlm, args.glove)
+    results["augment"] = r
+    subset = (f" (timed on the first {r['reference_sentences']} sentences)"
+              if r["reference_sentences"] < r["sentences"] else "")
+    print(table(f"augment: TinyBERT DA on {r['sentences']} corpus sentences, MLM {r['mlm']}", [
+        ("work per sentence", f"{r['masked_inputs_per_sentence']:.1f} masked MLM inputs, "
+                              f"{r['glove_words_per_sentence']:.1f} GloVe words, "
+                              f"{r['variants_per_sentence']:.1f} variants "
+                              f"(k {r['k']}, p_t {r['p_t']}, n_a {r['n_a']})"),
+        (f"batched, batch {r['batch']}", f"{r['batched_sentences_per_s']:.2f} sentences/s "
+                                         f"({r['batched_masked_inputs_per_s']:.1f} masked inputs/s)"),
+        ("one mask per forward", f"{r['reference_sentences_per_s']:.2f} sentences/s "
+                                 f"({r['reference_masked_inputs_per_s']:.1f} masked inputs/s){subset}"),
+        ("ratio", f"{r['speedup']:.2f}x"),
+        ("same outputs", str(r["same_outputs"]).lower()),
+        ("compile (both paths, excluded)", f"{r['compile_s']:.1f} s"),
+    ]))
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tinybert_jax.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=("step", "inference", "data", "all"))
+    parser.add_argument("benchmark", choices=("step", "inference", "data", "augment", "all"))
     parser.add_argument("--vs-pytorch", action="store_true", help="step: also time the PyTorch reference")
     parser.add_argument("--teacher", default="12,768,3072,12", help="layers,hidden,ffn,heads (BERT-base)")
     parser.add_argument("--student", default="4,312,1200,12", help="layers,hidden,ffn,heads (TinyBERT4)")
@@ -122,6 +144,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--source", default="embedded", help="data: corpus (as data.source)")
     parser.add_argument("--tokenizer", default="", help="data: tokenizer dir ('' = WordPiece trained on the corpus)")
+    parser.add_argument("--mlm", default="", help="augment: BertForMaskedLM directory ('' = random init of "
+                                                  "--teacher size)")
+    parser.add_argument("--glove", default="", help="augment: GloVe text file ('' = random vectors)")
+    parser.add_argument("--sentences", type=int, default=200, help="augment: corpus sentences")
+    parser.add_argument("--reference-sentences", type=int, default=None,
+                        help="augment: time the one-mask-per-forward reference on this many (default all)")
+    parser.add_argument("--augment-batch", type=int, default=64, help="augment: masked inputs per forward")
     parser.add_argument("--json", default="", help="write the results here")
     return parser.parse_args(argv)
 
@@ -137,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}}
     chosen = ("step", "inference", "data") if args.benchmark == "all" else (args.benchmark,)
-    runners = {"step": run_step, "inference": run_inference, "data": run_data}
+    runners = {"step": run_step, "inference": run_inference, "data": run_data, "augment": run_augment}
     for name in chosen:
         runners[name](args, teacher, student, results)
     if args.json:

@@ -64,7 +64,7 @@ other our ours ourselves out over own same she should so some such than that the
 there these they this those through to too under until up very was we were what when where which while who whom
 why will with would you your yours yourself yourselves
 """.split())
-LENGTH_STEP = 32  # masked inputs are padded to a multiple of this: few compiled shapes, little padding
+LENGTH_STEP = 16  # masked inputs are padded to a multiple of this: few compiled shapes, little padding
 CHUNK_SENTENCES = 1024  # sentences planned and resolved together (bounds host memory, feeds the progress bar)
 GLOVE_QUERY_BATCH = 256
 AUGMENTED_KIND = "tinybert_augmented_examples"

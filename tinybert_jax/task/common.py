@@ -22,7 +22,7 @@ from tinybert_jax.task.evaluate import BestOnDev
 from tinybert_jax.task.steps import make_task_step
 from tinybert_jax.train.loop import LoopSettings, run_loop
 from tinybert_jax.train.optimizer import make_optimizer
-from tinybert_jax.train.state import TrainState, create_state, resume_or_load
+from tinybert_jax.train.state import create_state, resume_or_load
 
 # REFERENCE.md 1: 64 tokens for single-sentence tasks, 128 for sentence pairs
 SINGLE_SENTENCE_SEQ_LEN, PAIR_SEQ_LEN = 64, 128

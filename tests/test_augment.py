@@ -1,0 +1,225 @@
+"""TinyBERT data augmentation: determinism, where replacements come from, rate, task files, errors, benchmark."""
+import json
+import logging
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import make_hf_model
+from tinybert_jax.convert import load_hf_bert
+from tinybert_jax.data.augment import (Augmenter, augment_examples, is_candidate, load_augmenter, masked_lm_input,
+                                       match_case, read_augmented, split_words)
+from tinybert_jax.data.glove import load_glove
+from tinybert_jax.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]
+STOP = ["the", "a", "of", "and", "is", "on", "in", "to"]
+SINGLE = ["cat", "dog", "bird", "fish", "red", "blue", "green", "runs", "jumps", "sees", "eats", "big", "small",
+          "house", "tree", "car", "river", "sky", "sun", "moon"]  # one WordPiece each: MLM candidates
+LETTERS = list("abcdefghijklmnopqrstuvwxyz")
+VOCAB = list(dict.fromkeys(SPECIAL + STOP + SINGLE + [".", ","] + LETTERS + ["##" + c for c in LETTERS]))
+MULTI = ["elephant", "giraffe", "zebra", "purple", "orange", "swims", "flies", "ocean", "forest", "lion"]  # GloVe
+UNKNOWN = ["xylophon"]  # in neither: never a candidate
+K = 5
+
+
+def make_sentences(count, pool, seed=0):
+    rng = np.random.default_rng(seed)
+    sentences = []
+    for _ in range(count):
+        words = [str(w) for w in rng.choice(pool + STOP, size=rng.integers(3, 8))]
+        words[0] = words[0].capitalize() if rng.random() < 0.5 else words[0]
+        sentences.append(" ".join(words) + (" ." if rng.random() < 0.5 else "."))
+    return sentences
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("augment")
+    (root / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tokenizer = transformers.BertTokenizerFast(str(root / "vocab.txt"))
+    model = make_hf_model("BertForMaskedLM", vocab_size=len(VOCAB), max_position_embeddings=128)
+    model.save_pretrained(root / "mlm")
+    tokenizer.save_pretrained(root / "mlm")
+    glove_words = MULTI + ["tiger", "mountain", "cat"]
+    vectors = np.random.default_rng(1).normal(size=(len(glove_words), 8)).astype(np.float32)
+    glove = root / "glove.txt"
+    glove.write_text("".join(w + " " + " ".join(f"{x:.6f}" for x in v) + "\n" for w, v in zip(glove_words, vectors)))
+    augmenter = load_augmenter(str(root / "mlm"), str(glove), k=K, batch_size=4, max_seq_len=128)
+    return types.SimpleNamespace(root=root, tokenizer=tokenizer, model=model, glove=glove, glove_words=glove_words,
+                                 vectors=vectors, augmenter=augmenter,
+                                 sentences=make_sentences(40, SINGLE + MULTI + UNKNOWN))
+
+
+def make_augmenter(assets, glove=True, **settings):
+    cfg, params = load_hf_bert(str(assets.root / "mlm"))
+    return Augmenter(cfg, params, assets.tokenizer, load_glove(assets.glove) if glove else None,
+                     **{"k": K, "batch_size": 4, "max_seq_len": 128, **settings})
+
+
+def replaced_words(original, variant):
+    """{position: new word} for a variant of `original` (candidates hold no spaces, so the match is unique)."""
+    spans = split_words(original)
+    pattern, end, positions = "", 0, []
+    for position, (a, b) in enumerate(spans):
+        word = original[a:b]
+        pattern += re.escape(original[end:a]) + (r"(\S+?)" if is_candidate(word) else re.escape(word))
+        positions += [position] if is_candidate(word) else []
+        end = b
+    match = re.fullmatch(pattern + re.escape(original[end:]), variant)
+    assert match, (original, variant)
+    return {p: w for p, w in zip(positions, match.groups()) if w != original[slice(*spans[p])]}
+
+
+def test_same_seed_same_output_any_batch_size_or_chunking_and_reference_agrees(assets):
+    texts = assets.sentences
+    first = assets.augmenter.augment(texts)
+    assert [variants[0] for variants in first] == texts
+    assert sum(len(v) - 1 for v in first) > len(texts)  # variants were made
+    assert all(len(set(v)) == len(v) <= 1 + assets.augmenter.n_a for v in first)
+    big_batch = make_augmenter(assets, batch_size=16)
+    assert big_batch.augment(texts) == first
+    assert (assets.augmenter.augment(texts[:15]) + assets.augmenter.augment(texts[15:], first_index=15)) == first
+    assert assets.augmenter.augment_one_mask_per_forward(texts) == first
+    assert make_augmenter(assets, seed=1).augment(texts) != first
+    assert assets.augmenter.augment(texts, column=1) != first
+
+
+def test_replacements_come_from_the_mlm_top_k_or_glove_neighbours(assets):
+    unit = assets.vectors / np.linalg.norm(assets.vectors, axis=1, keepdims=True)
+    predictable = [t for t in VOCAB if not t.startswith(("##", "["))]
+    checked = {"mlm": 0, "glove": 0}
+    for text, variants in zip(assets.sentences, assets.augmenter.augment(assets.sentences)):
+        spans = split_words(text)
+        allowed = {}
+        for position, (a, b) in enumerate(spans):
+            word = text[a:b]
+            if not is_candidate(word):
+                continue
+            if word.lower() in SINGLE:  # explicit forward of the torch model on [CLS] masked [SEP] text [SEP]
+                encoded = assets.tokenizer(text[:a] + "[MASK]" + text[b:], text, return_tensors="pt")
+                mask = int((encoded["input_ids"][0] == VOCAB.index("[MASK]")).nonzero()[0, 0])
+                with torch.no_grad():
+                    logits = assets.model(**encoded).logits[0, mask]
+                top = assets.tokenizer.convert_ids_to_tokens(torch.topk(logits, K).indices.tolist())
+                allowed[position] = {match_case(t, word) for t in top if t in predictable}
+            elif word.lower() in assets.glove_words:
+                row = assets.glove_words.index(word.lower())
+                order = [i for i in np.argsort(-(unit @ unit[row]), kind="stable") if i != row][:K]
+                allowed[position] = {match_case(assets.glove_words[i], word) for i in order}
+            else:
+                allowed[position] = set()
+        for variant in variants[1:]:
+            for position, new in replaced_words(text, variant).items():
+                assert new in allowed[position], (text, variant, position)
+                checked["mlm" if text[slice(*spans[position])].lower() in SINGLE else "glove"] += 1
+    assert checked["mlm"] > 20 and checked["glove"] > 20
+
+
+def test_replacement_rate_is_p_t(assets):
+    texts = make_sentences(300, MULTI, seed=3)  # GloVe words only: a candidate never equals the word
+    for p_t in (0.0, 0.4, 1.0):
+        augmenter = make_augmenter(assets, p_t=p_t, n_a=1)
+        replaced = positions = 0
+        for text, variants in zip(texts, augmenter.augment(texts, progress=False)):
+            positions += sum(is_candidate(text[a:b]) for a, b in split_words(text))
+            replaced += len(replaced_words(text, variants[1])) if len(variants) > 1 else 0
+        assert abs(replaced / positions - p_t) < 0.05, (p_t, replaced / positions)
+
+
+def test_without_glove_multi_piece_words_never_change_and_the_log_says_so(assets, caplog):
+    with caplog.at_level(logging.WARNING):
+        augmenter = make_augmenter(assets, glove=False)
+    assert sum("without GloVe" in r.getMessage() for r in caplog.records) == 1
+    for text, variants in zip(assets.sentences, augmenter.augment(assets.sentences)):
+        for variant in variants[1:]:
+            changed = replaced_words(text, variant)
+            assert changed and all(text[slice(*split_words(text)[p])].lower() in SINGLE for p in changed)
+
+
+def test_pair_task_round_trip_keeps_labels_and_the_other_column(assets, tmp_path):
+    text_a, text_b = assets.sentences[:12], assets.sentences[12:24]
+    labels = np.arange(12) % 3
+    examples = types.SimpleNamespace(text_a=text_a, text_b=text_b, labels=labels)
+    metadata = augment_examples(examples, assets.augmenter, tmp_path / "pairs", records_per_shard=50)
+    got_a, got_b, got_labels = read_augmented(tmp_path / "pairs")
+    a_variants = assets.augmenter.augment(text_a, column=0)
+    b_variants = assets.augmenter.augment(text_b, column=1)
+    expected = []
+    for a, b, label in zip(a_variants, b_variants, labels):
+        expected += [(v, b[0], label) for v in a] + [(a[0], v, label) for v in b[1:]]
+    assert list(zip(got_a, got_b, got_labels)) == expected
+    assert got_labels.dtype == labels.dtype and metadata["count"] == len(expected) and len(metadata["shards"]) > 1
+    assert metadata["settings"] == {"k": K, "p_t": 0.4, "n_a": 20, "seed": 0, "max_seq_len": 128,
+                                    "mlm": str(assets.root / "mlm"), "glove": str(assets.glove)}
+
+    single = types.SimpleNamespace(text_a=text_a, text_b=None, labels=np.linspace(0, 5, 12, dtype=np.float32))
+    augment_examples(single, assets.augmenter, tmp_path / "single")
+    got_a, got_b, got_labels = read_augmented(tmp_path / "single")
+    assert got_b is None and got_a == [v for variants in a_variants for v in variants]
+    assert got_labels.dtype == np.float32
+    assert set(got_labels.tolist()) == set(single.labels.tolist())
+    with pytest.raises(InputError, match="already exists"):
+        augment_examples(single, assets.augmenter, tmp_path / "single")
+
+
+def test_masked_input_layout_and_truncation():
+    pieces = np.arange(10, 20, dtype=np.int32)
+    full = masked_lm_input(pieces, 3, 64, 2, 3, 4)
+    assert full.ids.tolist() == [2, 10, 11, 12, 4, 14, 15, 16, 17, 18, 19, 3, *range(10, 20), 3]
+    assert (full.type_a_length, full.mask_index) == (12, 4)
+    cut = masked_lm_input(pieces, 3, 16, 2, 3, 4)  # the original copy is cut
+    assert cut.ids.tolist() == [2, 10, 11, 12, 4, 14, 15, 16, 17, 18, 19, 3, 10, 11, 12, 3]
+    window = masked_lm_input(pieces, 8, 8, 2, 3, 4)  # the masked copy alone does not fit
+    assert window.ids.tolist() == [2, 14, 15, 16, 17, 4, 19, 3] and window.mask_index == 5
+
+
+def test_bad_glove_files(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("cat 0.1 0.2 0.3\ndog 0.1 0.2 0.3\nfish 0.1 0.2\n")
+    with pytest.raises(InputError, match=re.escape(f"{bad}:3") + ".*expected dimension 3"):
+        load_glove(bad)
+    bad.write_text("cat 0.1 0.2 x\n")
+    with pytest.raises(InputError, match=re.escape(f"{bad}:1")):
+        load_glove(bad)
+    bad.write_text("\n")
+    with pytest.raises(InputError, match="empty"):
+        load_glove(bad)
+    with pytest.raises(InputError, match="not found"):
+        load_glove(tmp_path / "missing.txt")
+    good = tmp_path / "good.txt"
+    good.write_text("a 1 2\n\nb 3 4\nc 5\n")  # blank lines are skipped; the bad line lies past max_words
+    words, vectors = load_glove(good, max_words=2)
+    assert words == ["a", "b"] and vectors.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_mlm_checkpoint_without_head_is_refused(assets, tmp_path):
+    make_hf_model("BertModel", vocab_size=len(VOCAB)).save_pretrained(tmp_path / "encoder")
+    assets.tokenizer.save_pretrained(tmp_path / "encoder")
+    with pytest.raises(InputError, match="cls.predictions"):
+        load_augmenter(str(tmp_path / "encoder"))
+    cfg, params = load_hf_bert(str(tmp_path / "encoder"))
+    with pytest.raises(InputError, match="masked-LM head"):
+        Augmenter(cfg, params, assets.tokenizer)
+
+
+def test_augment_benchmark_at_tiny_sizes(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "augment", "--teacher=2,32,64,4",
+                             "--vocab=400", "--sentences=24", "--seq-len=64", "--augment-batch=8", f"--json={out}"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same outputs" in result.stdout and "one mask per forward" in result.stdout
+    report = json.loads(out.read_text())["augment"]
+    assert report["same_outputs"] is True
+    numbers = [v for v in report.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    assert all(np.isfinite(v) and v > 0 for v in numbers)
+    assert report["sentences"] == 24 and report["masked_inputs_per_sentence"] > 0
