@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from tinybert_jax.data.glove import GloveIndex, load_glove
 from tinybert_jax.data.loader import METADATA_FILE
-from tinybert_jax.data.prepare import _ShardWriter, load_tokenizer
+from tinybert_jax.data.prepare import ShardWriter, load_tokenizer
 from tinybert_jax.errors import InputError
 from tinybert_jax.files import atomic_output_dir, read_json
 from tinybert_jax.models.bert import Bert, BertConfig, unstack_layers
@@ -401,7 +401,7 @@ def augment_examples(examples, augmenter: Augmenter, out_dir: str | Path, overwr
     stats = AugmentStats()
     count = 0
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        with _ShardWriter(tmp, records_per_shard) as writer, \
+        with ShardWriter(tmp, records_per_shard) as writer, \
                 tqdm(total=len(text_a), desc="augment", unit="example", smoothing=0.1) as bar:
             for start in range(0, len(text_a), CHUNK_SENTENCES):
                 stop = start + CHUNK_SENTENCES

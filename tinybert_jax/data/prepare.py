@@ -230,7 +230,7 @@ def encode_record(segment_a: np.ndarray, segment_b: np.ndarray, cls_id: int, sep
 
 
 # ---------------------------------------------------------------------------------------------- writing
-class _ShardWriter:
+class ShardWriter:
     """ArrayRecord shards of at most `records_per_shard` records each, named in order."""
 
     def __init__(self, out_dir: Path, records_per_shard: int):
@@ -255,7 +255,7 @@ class _ShardWriter:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> "_ShardWriter":
+    def __enter__(self) -> "ShardWriter":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -297,7 +297,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer_path: str, seq_len: int,
     rng = random.Random(seed)
     max_tokens = seq_len - 3
     with atomic_output_dir(out_dir) as tmp:
-        with _ShardWriter(tmp, records_per_shard) as writer, \
+        with ShardWriter(tmp, records_per_shard) as writer, \
                 tqdm(desc=f"prepare {source or 'embedded'}", unit="doc", smoothing=0.1) as bar:
             documents = _counted(iter_documents(source, corpus_stats, tfds_data_dir, tfds_text_key), bar,
                                  corpus_stats)
