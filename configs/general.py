@@ -9,12 +9,12 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.pipeline = "general"
     c.seed = 0
+    # Compute dtype of teacher and student matmuls ("float32" | "bfloat16"); they accumulate in float32, and
+    # trainable parameters, optimizer state, LayerNorm, softmax and losses stay float32.
+    c.dtype = "float32"
 
     # Pre-trained (not fine-tuned) BERT: HF directory or hub id. Its tokenizer prepares the data.
-    c.teacher = ml_collections.ConfigDict(dict(
-        path="bert-base-uncased",
-        dtype="float32",  # "bfloat16": the frozen teacher stored and run in bf16 (losses stay float32)
-    ))
+    c.teacher = ml_collections.ConfigDict(dict(path="bert-base-uncased"))
 
     # Student sizes (vocab, positions and token types always follow the teacher). Default: TinyBERT4.
     c.student = ml_collections.ConfigDict(dict(

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.pipeline = "task"
     c.seed = 0
+    # Compute dtype of teacher and student matmuls ("float32" | "bfloat16"); they accumulate in float32, and
+    # trainable parameters, optimizer state, LayerNorm, softmax and losses stay float32.
+    c.dtype = "float32"
     c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli
     c.data = ml_collections.ConfigDict(dict(
         source="",  # a GLUE TSV directory or "tfds" (glue/<task> prepared in tfds_data_dir)
@@ -24,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
         seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs (REFERENCE.md)
     ))
     # Fine-tuned BERT classifier (configs/finetune.py export, or any HF BertForSequenceClassification dir/hub id)
-    c.teacher = ml_collections.ConfigDict(dict(path="", dtype="float32"))
+    c.teacher = ml_collections.ConfigDict(dict(path=""))
     # A general-distillation workdir (uses its export/), a Hugging Face dir or a Flax checkpoint dir
     c.student = ml_collections.ConfigDict(dict(init=""))
     c.layer_map = "uniform"

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -30,6 +29,9 @@ def restore_params(path: Path, abstract: Any) -> Any:
 
 class RunCheckpoints:
     """Orbax CheckpointManager for a training run: train state, data-iterator position and run metadata.
+
+    The data position is the iterator's JSON state, the same on every process (loaders count global batches), so
+    a run resumes with another process count or mesh; the state is restored into the current run's shardings.
 
     Saves are asynchronous and keep the newest `keep`; the metadata (a JSON dict of what the run trains) is compared
     before anything is restored, so a workdir of another run is refused instead of half-loaded or overwritten.
@@ -58,7 +60,8 @@ class RunCheckpoints:
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
                               shardings)
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        data_iterator.set_state(restored.data)
         return restored.state
 
     def should_save(self, step: int) -> bool:
@@ -66,7 +69,7 @@ class RunCheckpoints:
 
     def save(self, step: int, state: Any, data_iterator: Any, meta: dict, force: bool = False) -> bool:
         return self._manager.save(step, force=force, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_iterator.get_state()),
             meta=ocp.args.JsonSave(meta)))
 
     def close(self) -> None:
@@ -84,3 +87,14 @@ def _check_same_run(saved: dict, current: dict, directory: Path) -> None:
             detail = f"{saved.get(key)} vs {value}"
         raise InputError(f"{directory} holds a checkpoint of a different run ({key}: {detail}); use another "
                          f"--workdir, or the same settings to resume")
+
+
+def read_run_state(directory: Path, step: int) -> Any:
+    """The train state saved at `step` by RunCheckpoints in `directory`, as host numpy arrays (for inspection and
+    comparison, whatever mesh it was saved from)."""
+    path = Path(directory).absolute() / str(step) / "state"
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path).item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+        return jax.device_get(checkpointer.restore(path, target))

@@ -13,7 +13,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from tinybert_jax import distributed
 from tinybert_jax.errors import InputError
+from tinybert_jax.train.preemption import Preempted
 
 # pipeline name -> module whose run(config, workdir) carries it out; imported lazily to keep start-up light.
 PIPELINES = {
@@ -27,6 +29,13 @@ PIPELINES = {
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and exports")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", distributed.MODES,
+                                 "join JAX's distributed runtime: auto (explicit settings if a coordinator address "
+                                 "is given, auto-detected on TPU VMs and SLURM), on, off")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (default: "
+                                   "$JAX_COORDINATOR_ADDRESS)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", -1, "processes in the run (default: $JAX_NUM_PROCESSES)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index (default: $JAX_PROCESS_ID)")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -56,9 +65,14 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {config_file}: pipeline {config.get('pipeline')!r} is unknown; "
                  f"use one of {sorted(PIPELINES)}")
     try:
+        distributed.initialize(distributed.settings_from_env(_DISTRIBUTED.value, _COORDINATOR.value,
+                                                             _NUM_PROCESSES.value, _PROCESS_ID.value))
         importlib.import_module(module_name).run(config, _WORKDIR.value)
     except InputError as e:
         sys.exit(f"error: {e}")
+    except Preempted as e:
+        # Exit 0: the scheduler's stop request was honoured and the same command resumes from the checkpoint.
+        absl_logging.warning("%s", e)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from tinybert_jax import convert, sharding
+from tinybert_jax import convert, distributed, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.data import loader, prepare
 from tinybert_jax.data.wordpiece import train_wordpiece
@@ -26,12 +26,15 @@ def pretrain_teacher(config: ml_collections.ConfigDict, teacher_dir: Path, prepa
     """Trains the teacher described by config.teacher_training; returns its Hugging Face export directory."""
     training = config.teacher_training
     tokenizer_dir, export_dir = teacher_dir / "tokenizer", teacher_dir / "export"
-    if not (tokenizer_dir / "vocab.txt").is_file():
-        train_wordpiece(config.data.source, tokenizer_dir, training.vocab_size)
-    data_meta = prepare.ensure_prepared(
-        config.data.source, prepared_dir, str(tokenizer_dir), config.data.seq_len, config.seed,
-        tfds_data_dir=config.data.tfds_data_dir, tfds_text_key=config.data.tfds_text_key,
-        short_seq_prob=config.data.short_seq_prob)
+    def tokenizer_and_data() -> dict:
+        if not (tokenizer_dir / "vocab.txt").is_file():
+            train_wordpiece(config.data.source, tokenizer_dir, training.vocab_size)
+        return prepare.ensure_prepared(
+            config.data.source, prepared_dir, str(tokenizer_dir), config.data.seq_len, config.seed,
+            tfds_data_dir=config.data.tfds_data_dir, tfds_text_key=config.data.tfds_text_key,
+            short_seq_prob=config.data.short_seq_prob)
+
+    data_meta = distributed.leader_first("teacher data", tokenizer_and_data)
     token_ids = data_meta["tokenizer"]
     cfg = bert_config_from(training.model, "teacher_training.model", vocab_size=token_ids["vocab_size"],
                            mlm_head=True, pooler=False)
@@ -43,8 +46,8 @@ def pretrain_teacher(config: ml_collections.ConfigDict, teacher_dir: Path, prepa
     ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
     state, state_shardings = create_state(
         lambda rng: {"model": Bert(cfg).init(rng, ids, ids, ids)["params"]}, tx, config.seed, mesh, rules)
-    data_iterator = loader.make_train_iterator(prepared_dir, training.batch_size // jax.process_count(),
-                                               config.seed, jax.process_index(), jax.process_count())
+    data_iterator = loader.make_train_iterator(prepared_dir, training.batch_size, config.seed,
+                                               rows=sharding.process_batch_rows(mesh, training.batch_size))
     checkpoints = RunCheckpoints(teacher_dir / "checkpoints", keep=config.checkpoint.keep,
                                  every_steps=training.checkpoint_every_steps)
     meta = {"model": dataclasses.asdict(cfg), "seq_len": config.data.seq_len}
@@ -58,7 +61,8 @@ def pretrain_teacher(config: ml_collections.ConfigDict, teacher_dir: Path, prepa
     state = run_loop(step, state, data_iterator, mesh, checkpoints, meta, teacher_dir,
                      LoopSettings(training.num_steps, training.batch_size, config.log.every_steps,
                                   desc="teacher masked-LM"))
-    if jax.process_index() == 0:
-        convert.save_hf_bert(cfg, jax.device_get(state.params["model"]), export_dir, tokenizer_dir=tokenizer_dir,
+    params = sharding.host_copy(state.params["model"])
+    if distributed.is_leader():
+        convert.save_hf_bert(cfg, params, export_dir, tokenizer_dir=tokenizer_dir,
                              overwrite=True)
     return export_dir

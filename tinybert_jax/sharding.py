@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from tinybert_jax.errors import InputError
@@ -95,8 +96,27 @@ def check_batch_divisible(global_batch_size: int, mesh: jax.sharding.Mesh) -> No
                          f"mesh {dict(mesh.shape)}; use a multiple of {devices}")
 
 
+def process_batch_rows(mesh: jax.sharding.Mesh, global_batch_size: int) -> slice:
+    """The rows of every global batch that this process's devices hold (its loader reads exactly these)."""
+    check_batch_divisible(global_batch_size, mesh)
+    rows = sorted({(index[0].start or 0, index[0].stop or global_batch_size) for index in
+                   batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,)).values()})
+    if any(stop != next_start for (_, stop), (next_start, _) in zip(rows, rows[1:])):
+        raise InputError(f"this process's devices hold non-contiguous batch rows {rows} of the mesh "
+                         f"{dict(mesh.shape)}; use a mesh whose device order groups each host's devices")
+    return slice(rows[0][0], rows[-1][1])
+
+
+def host_copy(tree: Any) -> Any:
+    """Full numpy values of a tree of global arrays on every process (a collective when arrays span hosts: call it
+    on all processes, then let process 0 write)."""
+    if all(leaf.is_fully_addressable for leaf in jax.tree.leaves(tree) if isinstance(leaf, jax.Array)):
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """This process's rows -> one global array per key, split over the batch axes of the mesh."""
+    """This process's rows (`process_batch_rows`) -> one global array per key, split over the batch axes."""
     sharding = batch_sharding(mesh)
     return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in local_batch.items()}
 

@@ -1,10 +1,11 @@
-"""The Grain loader for prepared pre-training data: per-process slice, shuffle, repeat, batch, checkpointable.
+"""The Grain loader for prepared pre-training data: global shuffled batches, each process reading its rows.
 
 Reads the directory written by `tinybert_jax.data.prepare` (record layout in its module docstring).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import grain
 import numpy as np
@@ -47,22 +48,37 @@ def decode_records(records: list[bytes], seq_len: int, pad_id: int) -> dict[str,
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 
 
-def make_train_iterator(prepared_dir: str | Path, batch_size: int, seed: int, shard_index: int = 0,
-                        shard_count: int = 1, num_threads: int = 8,
-                        prefetch_buffer_size: int = 16) -> grain.DatasetIterator:
-    """An endless iterator of host batches (dicts of int32 [batch_size, seq_len] arrays) for one process.
+def global_batches(source, global_batch_size: int, seed: int, rows: slice, batch_fn: Callable[[list], Any],
+                   read_options: grain.ReadOptions) -> grain.DatasetIterator:
+    """An endless iterator of this process's rows of every global batch.
 
-    Process `shard_index` of `shard_count` reads records shard_index, shard_index + shard_count, ... (disjoint
-    slices), reshuffled every epoch with a seed derived from `seed` and the epoch number. Batches may straddle
-    an epoch boundary, so no record is ever dropped. `get_state()` / `set_state()` (or Grain's Orbax
-    CheckpointSave / CheckpointRestore) restore the exact position. Threads read and decode whole batches;
-    `prefetch_buffer_size` counts batches.
+    Global batch j holds positions j*B .. j*B+B-1 of an endless run of epochs, each epoch a fresh permutation of
+    all records (seeded by `seed` and the epoch number), so batches may straddle epochs and no record is dropped.
+    A process reads only `rows` of each global batch, which is what its devices hold. Neither the batches nor the
+    iterator state ({'next_index': j}) depend on how many processes share the work: a checkpointed position
+    resumes on another process count or mesh.
+    """
+    if len(source) < global_batch_size:
+        raise InputError(f"{len(source)} examples are fewer than one global batch of {global_batch_size}; use more "
+                         f"data or a smaller batch")
+    records = grain.MapDataset.source(source).shuffle(seed).repeat()
+    offsets = range(rows.start, rows.stop)
+    # Shuffle before repeat: repeat hands shuffle indices past the first epoch, and shuffle folds the epoch
+    # number into its seed, so every epoch is a different permutation.
+    batches = grain.MapDataset.range(len(records) // global_batch_size).map(
+        lambda j: batch_fn([records[j * global_batch_size + offset] for offset in offsets]))
+    return iter(batches.to_iter_dataset(read_options))
+
+
+def make_train_iterator(prepared_dir: str | Path, global_batch_size: int, seed: int, rows: Optional[slice] = None,
+                        num_threads: int = 8, prefetch_buffer_size: int = 16) -> grain.DatasetIterator:
+    """Host batches (dicts of int32 [rows, seq_len] arrays) of prepared data for one process (`global_batches`;
+    `rows` defaults to the whole batch). `get_state()` / `set_state()` restore the exact position. Threads read
+    and decode whole batches; `prefetch_buffer_size` counts batches.
     """
     metadata = read_metadata(prepared_dir)
-    if batch_size < 1:
-        raise InputError(f"batch_size {batch_size} must be at least 1")
-    if not 0 <= shard_index < shard_count:
-        raise InputError(f"shard_index {shard_index} is not in [0, shard_count={shard_count})")
+    if global_batch_size < 1:
+        raise InputError(f"batch_size {global_batch_size} must be at least 1")
     if not 0 <= seed < 2**32:
         raise InputError(f"data seed {seed} is outside [0, 2**32); choose a non-negative 32-bit seed")
     paths = [Path(prepared_dir) / name for name in metadata["shards"]]
@@ -70,15 +86,11 @@ def make_train_iterator(prepared_dir: str | Path, batch_size: int, seed: int, sh
     if missing:
         raise InputError(f"{prepared_dir}: shard {missing[0]} listed in {METADATA_FILE} is missing "
                          f"({len(missing)} of {len(paths)} missing); delete the directory and prepare it again")
-    dataset = grain.MapDataset.source(grain.sources.ArrayRecordDataSource([str(p) for p in paths]))
-    dataset = dataset[shard_index::shard_count]
-    if len(dataset) < batch_size:
-        raise InputError(f"{prepared_dir}: process {shard_index} of {shard_count} gets {len(dataset)} sequences, "
-                         f"fewer than its batch size {batch_size}; use more data or a smaller batch")
     seq_len, pad_id = metadata["seq_len"], metadata["tokenizer"]["pad_id"]
-    # Shuffle before repeat: repeat hands shuffle indices past the first epoch, and shuffle folds the epoch
-    # number into its seed, so every epoch is a different permutation of this process's records.
-    dataset = dataset.shuffle(seed).repeat().batch(
-        batch_size, drop_remainder=True, batch_fn=lambda records: decode_records(records, seq_len, pad_id))
-    read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
-    return iter(dataset.to_iter_dataset(read_options))
+    try:
+        return global_batches(grain.sources.ArrayRecordDataSource([str(p) for p in paths]), global_batch_size,
+                              seed, rows or slice(0, global_batch_size),
+                              lambda records: decode_records(records, seq_len, pad_id),
+                              grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
+    except InputError as e:
+        raise InputError(f"{prepared_dir}: {e}") from e

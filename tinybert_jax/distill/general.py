@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from tinybert_jax import convert, hf_checkpoint, sharding
+from tinybert_jax import convert, distributed, hf_checkpoint, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.data import loader, prepare
 from tinybert_jax.distill.layer_map import resolve_layer_map
@@ -24,6 +24,8 @@ from tinybert_jax.models.bert import Bert, BertConfig, abstract_params, bert_con
 from tinybert_jax.train.loop import LoopSettings, run_loop
 from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.state import TrainState, create_state, resume_or_load
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def student_config(config: ml_collections.ConfigDict, teacher: BertConfig) -> tuple[BertConfig, dict | None]:
@@ -46,9 +48,15 @@ def student_config(config: ml_collections.ConfigDict, teacher: BertConfig) -> tu
     return cfg.replace(pooler=True, num_labels=0, mlm_head=config.student.mlm_head), params
 
 
+def compute_dtype(config: ml_collections.ConfigDict) -> str:
+    """config.dtype: what matrix products take as inputs (they accumulate in float32; trainable parameters,
+    optimizer state, LayerNorm, softmax and losses stay float32)."""
+    if config.dtype not in COMPUTE_DTYPES:
+        raise InputError(f"dtype={config.dtype!r}; use one of {COMPUTE_DTYPES}")
+    return config.dtype
+
+
 def distill_spec(config: ml_collections.ConfigDict, teacher: BertConfig, student: BertConfig):
-    if config.teacher.dtype not in ("float32", "bfloat16"):
-        raise InputError(f"teacher.dtype={config.teacher.dtype!r}; use 'float32' or 'bfloat16'")
     if config.loss.mode not in MODES:
         raise InputError(f"loss.mode={config.loss.mode!r}; use one of {MODES}")
     weights = tuple((name, float(config.loss.weights[name])) for name in LOSS_TERMS if config.loss.weights[name])
@@ -95,9 +103,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     teacher_dir = hf_checkpoint.resolve_checkpoint_dir(config.teacher.path)
     teacher_cfg, teacher_params = convert.load_hf_bert(str(teacher_dir))
     student_cfg, student_params = student_config(config, teacher_cfg)
+    student_cfg = student_cfg.replace(dtype=compute_dtype(config))
     layer_map, depth, predict, weights = distill_spec(config, teacher_cfg, student_cfg)
+    # The frozen teacher is stored in the compute dtype too: nothing accumulates into it, and it halves its memory.
     teacher_cfg, teacher_params = trim_teacher(teacher_cfg, teacher_params, depth, keep_mlm_head=predict,
-                                               dtype=config.teacher.dtype)
+                                               dtype=config.dtype)
     spec = DistillSpec(student=student_cfg, teacher=teacher_cfg, layer_map=layer_map, mode=config.loss.mode,
                        weights=weights, temperature=config.loss.temperature)
     logging.info("layer map (student <- teacher): attention %s, hidden %s; teacher runs %d layers",
@@ -109,14 +119,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     checkpoints.latest_compatible_step(meta)  # refuse another run's workdir before preparing any data
 
     prepared_dir = Path(config.data.prepared_dir or workdir / "data")
-    data_meta = prepare.ensure_prepared(
+    data_meta = distributed.leader_first("prepare", lambda: prepare.ensure_prepared(
         config.data.source, prepared_dir, str(teacher_dir), config.data.seq_len, config.seed,
         tfds_data_dir=config.data.tfds_data_dir, tfds_text_key=config.data.tfds_text_key,
-        short_seq_prob=config.data.short_seq_prob)
+        short_seq_prob=config.data.short_seq_prob))
 
-    local_batch = config.train.batch_size // jax.process_count()
-    data_iterator = loader.make_train_iterator(prepared_dir, local_batch, config.seed,
-                                               shard_index=jax.process_index(), shard_count=jax.process_count())
+    data_iterator = loader.make_train_iterator(prepared_dir, config.train.batch_size, config.seed,
+                                               rows=sharding.process_batch_rows(mesh, config.train.batch_size))
     num_steps = total_steps(config, data_meta["count"])
     tx, schedule = make_optimizer(config.optimizer, num_steps)
     state = train_intermediate(spec, teacher_params, student_params, data_iterator, mesh, rules, tx, schedule,
@@ -124,9 +133,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                LoopSettings(num_steps, config.train.batch_size, config.log.every_steps,
                                             desc="general distillation"))
 
-    if jax.process_index() == 0:
-        convert.save_hf_bert(student_cfg, jax.device_get(state.params["student"]), workdir / "export",
-                             tokenizer_dir=teacher_dir, overwrite=True)
+    student_params = sharding.host_copy(state.params["student"])
+    if distributed.is_leader():
+        convert.save_hf_bert(student_cfg, student_params, workdir / "export", tokenizer_dir=teacher_dir,
+                             overwrite=True)
         logging.info("student exported to %s", workdir / "export")
 
 

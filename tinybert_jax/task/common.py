@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tinybert_jax import convert, sharding
+from tinybert_jax import convert, distributed, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.data import glue
 from tinybert_jax.data.prepare import load_tokenizer
@@ -75,8 +75,7 @@ def train_classifier(cfg: BertConfig, task: glue.GlueTask, train: Arrays, dev_se
     ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
     state, state_shardings = create_state(lambda rng: {"model": Bert(cfg).init(rng, ids, ids, ids)["params"]},
                                           tx, config.seed, mesh, config.mesh.rules)
-    iterator = train_iterator(train, stage.batch_size // jax.process_count(), config.seed, jax.process_index(),
-                              jax.process_count())
+    iterator = train_iterator(train, stage.batch_size, config.seed, sharding.process_batch_rows(mesh, stage.batch_size))
     checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.checkpoint.keep,
                                  every_steps=config.checkpoint.every_steps)
     meta = {"task": task.name, "model": dataclasses.asdict(cfg), "examples": count(train)}
@@ -92,16 +91,17 @@ def train_classifier(cfg: BertConfig, task: glue.GlueTask, train: Arrays, dev_se
 
 
 def export_classifier(best: BestOnDev, task: glue.GlueTask, out_dir: Path, tokenizer_dir: Path) -> None:
-    if jax.process_index() == 0:
+    if distributed.is_leader():
         cfg, params = best.best_params()
         convert.save_hf_bert(cfg, params, out_dir, tokenizer_dir=tokenizer_dir, id2label=label_names(task),
                              overwrite=True)
         logging.info("exported the best-on-dev model (step %d) to %s", best.best["step"], out_dir)
+    distributed.barrier("exported")
 
 
 def write_report(path: Path, report: dict, rows: list[tuple[str, str]]) -> None:
     """report.json and a printed table."""
-    if jax.process_index() == 0:
+    if distributed.is_leader():
         path.write_text(json.dumps(report, indent=2) + "\n")
         width = max(len(name) for name, _ in rows)
         print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))

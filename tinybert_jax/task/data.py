@@ -2,11 +2,12 @@
 fixed-size evaluation batches. GLUE sets are small (MNLI train: 393k pairs, ~600 MB at 128 tokens)."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import grain
 import numpy as np
 
+from tinybert_jax.data.loader import global_batches
 from tinybert_jax.errors import InputError
 
 Arrays = dict[str, np.ndarray]  # input_ids, token_type_ids, attention_mask [N, T], labels [N], ...
@@ -30,15 +31,18 @@ def count(arrays: Arrays) -> int:
     return len(next(iter(arrays.values())))
 
 
-def train_iterator(arrays: Arrays, batch_size: int, seed: int, shard_index: int = 0,
-                   shard_count: int = 1) -> grain.DatasetIterator:
-    """Endless shuffled batches (reshuffled each epoch; batches may straddle epochs), position checkpointable."""
-    dataset = grain.MapDataset.source(ArrayRows(arrays))[shard_index::shard_count]
-    if len(dataset) < batch_size:
-        raise InputError(f"the training set has {len(dataset)} examples for this process, fewer than its batch "
-                         f"size {batch_size}; use a smaller batch")
-    dataset = dataset.shuffle(seed).repeat().batch(batch_size, drop_remainder=True)
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)))
+def train_iterator(arrays: Arrays, global_batch_size: int, seed: int,
+                   rows: Optional[slice] = None) -> grain.DatasetIterator:
+    """Endless shuffled batches (reshuffled each epoch; batches may straddle epochs) of this process's `rows` of
+    every global batch (default: all of them), position checkpointable (`loader.global_batches`)."""
+    def stack(examples: list[dict]) -> Arrays:
+        return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
+
+    try:
+        return global_batches(ArrayRows(arrays), global_batch_size, seed, rows or slice(0, global_batch_size), stack,
+                              grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
+    except InputError as e:
+        raise InputError(f"the training set: {e}") from e
 
 
 def eval_batches(arrays: Arrays, batch_size: int) -> Iterator[tuple[Arrays, int]]:

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from tinybert_jax import convert
+from tinybert_jax import convert, distributed, sharding
 from tinybert_jax.data.glue import GlueTask
 from tinybert_jax.metrics import task_metrics
 from tinybert_jax.models.bert import BertConfig
@@ -24,7 +24,7 @@ def predict(cfg: BertConfig, params: Any, arrays: Arrays, batch_size: int,
     """float32 logits [N, num_labels], columns in the task's canonical label order when `permutation` is given."""
     logits_fn = jax.jit(classifier_logits(cfg))
     inputs = {name: arrays[name] for name in INPUTS}
-    logits = np.concatenate([np.asarray(logits_fn(params, batch))[:rows]
+    logits = np.concatenate([sharding.host_copy(logits_fn(params, batch))[:rows]
                              for batch, rows in eval_batches(inputs, batch_size)])
     return logits if permutation is None else logits[:, permutation]
 
@@ -56,10 +56,12 @@ class BestOnDev:
         params = state.params[self.params_key]
         scores = evaluate(self.task, self.cfg, params, self.dev_sets, self.batch_size)
         score = main_score(self.task, scores)
-        if (self.best is None or score > self.best["score"]) and jax.process_index() == 0:
+        if self.best is None or score > self.best["score"]:  # the same decision on every process
             self.best = {"step": step, "score": score, "scores": scores}
-            convert.save_flax_dir(self.cfg, jax.device_get(params), self.directory / "params", overwrite=True)
-            (self.directory / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
+            host_params = sharding.host_copy(params)
+            if distributed.is_leader():
+                convert.save_flax_dir(self.cfg, host_params, self.directory / "params", overwrite=True)
+                (self.directory / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
             logging.info("step %d: new best %s %s = %.4f", step, self.task.dev_splits[0], self.task.main_metric, score)
         return {f"{split}/{name}": value for split, metrics in scores.items() for name, value in metrics.items()}
 

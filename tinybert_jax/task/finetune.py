@@ -8,6 +8,7 @@ import ml_collections
 
 from tinybert_jax import convert, hf_checkpoint
 from tinybert_jax.data import glue
+from tinybert_jax.distill.general import compute_dtype
 from tinybert_jax.task import common
 from tinybert_jax.task.evaluate import main_score
 
@@ -17,7 +18,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     task = glue.get_task(config.task)
     model_dir = hf_checkpoint.resolve_checkpoint_dir(config.model.path)
     pretrained_cfg, pretrained = convert.load_hf_bert(str(model_dir))
-    cfg = common.classifier_config(pretrained_cfg, task)
+    cfg = common.classifier_config(pretrained_cfg, task).replace(dtype=compute_dtype(config))
     tokenizer = common.tokenizer_of(model_dir)
     seq_len = common.seq_len_for(task, config.data.seq_len)
     train = glue.encode(glue.read_split(task, config.data.source, "train", config.data.tfds_data_dir), tokenizer,

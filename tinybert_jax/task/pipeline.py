@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from tinybert_jax import convert, hf_checkpoint, sharding
+from tinybert_jax import convert, distributed, hf_checkpoint, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.data import augment, glue
-from tinybert_jax.distill.general import run_meta, train_intermediate
+from tinybert_jax.distill.general import compute_dtype, run_meta, train_intermediate
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.losses import MODES
 from tinybert_jax.distill.step import DistillSpec, trim_teacher
@@ -63,12 +62,16 @@ def training_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, wo
     if not config.augment.enabled:
         return train
     out_dir = workdir / "augmented"
-    if not (out_dir / "metadata.json").is_file():
-        settings = config.augment
-        augmenter = augment.load_augmenter(settings.mlm_path, settings.glove_path or None, k=settings.k,
-                                           p_t=settings.p_t, n_a=settings.n_a, seed=config.seed,
-                                           batch_size=settings.batch_size, max_seq_len=settings.max_seq_len)
-        augment.augment_examples(train, augmenter, out_dir)
+
+    def augment_once() -> None:
+        if not (out_dir / "metadata.json").is_file():
+            settings = config.augment
+            augmenter = augment.load_augmenter(settings.mlm_path, settings.glove_path or None, k=settings.k,
+                                               p_t=settings.p_t, n_a=settings.n_a, seed=config.seed,
+                                               batch_size=settings.batch_size, max_seq_len=settings.max_seq_len)
+            augment.augment_examples(train, augmenter, out_dir)
+
+    distributed.leader_first("augment", augment_once)
     return glue.TaskExamples(*augment.read_augmented(out_dir))
 
 
@@ -81,15 +84,15 @@ def stage1(config, task, teacher_cfg, teacher_params, student_cfg, student_param
         raise InputError(f"attention distillation needs equal head counts: student {student_cfg.num_attention_heads}"
                          f", teacher {teacher_cfg.num_attention_heads}")
     trimmed_cfg, trimmed = trim_teacher(teacher_cfg, teacher_params, layer_map.teacher_depth, False,
-                                        dtype=config.teacher.dtype)
+                                        dtype=config.dtype)
     spec = DistillSpec(student_cfg, trimmed_cfg, layer_map, config.loss.mode, INTERMEDIATE)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     stage = config.stage1
     sharding.check_batch_divisible(stage.batch_size, mesh)
     num_steps = common.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, "stage1")
     tx, schedule = make_optimizer(stage.optimizer, num_steps)
-    iterator = train_iterator(train, stage.batch_size // jax.process_count(), config.seed, jax.process_index(),
-                              jax.process_count())
+    iterator = train_iterator(train, stage.batch_size, config.seed,
+                              sharding.process_batch_rows(mesh, stage.batch_size))
     directory = workdir / "stage1"
     checkpoints = RunCheckpoints(directory / "checkpoints", keep=config.checkpoint.keep,
                                  every_steps=config.checkpoint.every_steps)
@@ -98,27 +101,34 @@ def stage1(config, task, teacher_cfg, teacher_params, student_cfg, student_param
                                run_meta(spec, int(train["input_ids"].shape[1])), directory,
                                LoopSettings(num_steps, stage.batch_size, config.log.every_steps,
                                             desc=f"{task.name} stage 1 (intermediate layers)"))
-    if jax.process_index() == 0:
-        convert.save_flax_dir(student_cfg, jax.device_get(state.params["student"]), directory / "student",
-                              overwrite=True)
+    params = sharding.host_copy(state.params["student"])
+    if distributed.is_leader():
+        convert.save_flax_dir(student_cfg, params, directory / "student", overwrite=True)
+    distributed.barrier("stage 1 saved")
 
 
 def teacher_logits(config, teacher_cfg, teacher_params, permutation, train: Arrays, workdir: Path) -> np.ndarray:
     """The teacher's logits for every training example, computed once and cached for all stage-2 epochs."""
     cache = workdir / "stage2" / "teacher_logits.npy"
-    if cache.is_file():
-        return np.load(cache)
-    logits = predict(teacher_cfg, teacher_params, train, config.eval.batch_size, permutation)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, logits)
-    return logits
+
+    def compute_once() -> None:
+        if not cache.is_file():
+            logits = predict(teacher_cfg, teacher_params, train, config.eval.batch_size, permutation)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, logits)
+
+    distributed.leader_first("teacher logits", compute_once)
+    return np.load(cache)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     workdir = Path(workdir)
     task = glue.get_task(config.task)
+    dtype = compute_dtype(config)
     teacher_dir, teacher_cfg, teacher_params, permutation = load_teacher(config, task)
+    teacher_cfg = teacher_cfg.replace(dtype=dtype)
     student_cfg, student_params = load_student(config, teacher_cfg)
+    student_cfg = student_cfg.replace(dtype=dtype)
     tokenizer = common.tokenizer_of(teacher_dir)
     seq_len = common.seq_len_for(task, config.data.seq_len)
     dev_sets = common.load_dev_sets(task, config.data, tokenizer, seq_len)

@@ -45,6 +45,6 @@ def resume_or_load(state: TrainState, state_shardings: Any, checkpoints, meta: d
         return checkpoints.restore(latest, state, state_shardings, data_iterator)
     params = dict(state.params)
     for key, tree in loaded.items():
-        filled = {name: tree.get(name, jax.device_get(value)) for name, value in state.params[key].items()}
-        params[key] = sharding.put_sharded(filled, state_shardings.params[key])
+        params[key] = {name: sharding.put_sharded(tree[name], state_shardings.params[key][name]) if name in tree
+                       else value for name, value in state.params[key].items()}
     return state.replace(params=params)
