@@ -9,6 +9,8 @@
 # DIR/process_i.log (default: ./logs). SIGTERM/SIGINT are passed on to every process, which checkpoint and stop.
 # The exit status is the first non-zero one among the processes. --dry-run prints the commands without running.
 set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() { sed -n '2,11p' "$0" >&2; exit 2; }
 [[ $# -ge 1 && "$1" =~ ^[1-9][0-9]*$ ]] || usage
@@ -50,11 +52,5 @@ for ((i = num_processes - 1; i >= 0; i--)); do
   fi
 done
 trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
-status=0
-for pid in "${pids[@]}"; do
-  # wait returns early when a trapped signal arrives; bash keeps the status, so wait again once it has exited.
-  while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
-  set +e; wait "$pid"; code=$?; set -e
-  [[ $status != 0 || $code == 0 ]] || status=$code
-done
-exit "$status"
+wait_all "${pids[@]}"
+exit "$exit_status"

@@ -1,4 +1,5 @@
 """The entry point: config file + overrides, locked config, dispatch to a pipeline."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,20 @@ def test_invalid_model_size_is_one_line(tmp_path):
 def test_unknown_pipeline(tmp_path):
     result = run_main(f"--workdir={tmp_path}", "--config.pipeline=nope")
     assert result.returncode != 0 and "pipeline 'nope' is unknown" in result.stderr
+
+
+def test_distributed_settings_errors(tmp_path):
+    incomplete = run_main(f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:12399", "--num_processes=2")
+    assert incomplete.returncode == 1
+    assert incomplete.stderr.strip().splitlines()[-1] == (
+        "error: coordinator address 127.0.0.1:12399 given without the process count and id: set "
+        "--num_processes/--process_id or JAX_NUM_PROCESSES/JAX_PROCESS_ID")
+    out_of_range = run_main(f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:12399", "--num_processes=2",
+                            "--process_id=2")
+    assert out_of_range.stderr.strip().splitlines()[-1] == "error: process id 2 is not in [0, 2)"
+    bad_env = subprocess.run([sys.executable, "-m", "tinybert_jax.main", "--config=configs/init_student.py",
+                              f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, "JAX_COORDINATOR_ADDRESS": "127.0.0.1:12399",
+                                  "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
+    assert bad_env.stderr.strip().splitlines()[-1] == "error: JAX_NUM_PROCESSES='two' is not a non-negative integer"
+    assert not any(tmp_path.iterdir()), "nothing is written"
