@@ -18,19 +18,31 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Student sizes (vocab, positions and token types always follow the teacher). Default: TinyBERT4.
     c.student = ml_collections.ConfigDict(dict(
-        init="random",  # "random", or a Hugging Face dir / Flax checkpoint dir to start from (its sizes are used)
+        preset="",  # "tinybert4" | "tinybert6" | "minilm-l6-h384" | "distilbert6": replaces the four size keys
+        # "random"; "teacher" (embeddings, layers init_layers and MLM head copied from the teacher: needs its
+        # width); or a Hugging Face dir / Flax checkpoint dir to start from (its sizes are used)
+        init="random",
+        init_layers="",  # with init="teacher": 1-based teacher layers, "" = spread first..last (12->6: 1,3,5,8,10,12)
         hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200, hidden_act="gelu",
         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, initializer_range=0.02, layer_norm_eps=1e-12,
-        mlm_head=False,  # needed only with loss.weights.prediction > 0
+        mlm_head=False,  # needed by the logit and masked-LM terms
     ))
 
     # "uniform" | "top" | "bottom" | "3,6,9,12" (one 1-based teacher layer per student layer)
     c.layer_map = "uniform"
 
     c.loss = ml_collections.ConfigDict(dict(
-        mode="tinybert",  # "tinybert": the original semantics; "masked": averages over valid tokens only
+        # the recipe: "tinybert" | "distilbert" | "minilm_v1" | "minilm_v2", or "custom" (the terms in `matches`)
+        preset="tinybert",
+        mode="tinybert",  # TinyBERT losses: "tinybert" (the original semantics) or "masked" (valid tokens only)
+        # weight per term of the preset; 0 leaves a term out. tinybert: embedding, attention, hidden, prediction;
+        # distilbert: ce, mlm, cos; minilm_v1: attention, value_relation; minilm_v2: relations
         weights=ml_collections.ConfigDict(dict(embedding=1.0, attention=1.0, hidden=1.0, prediction=0.0)),
-        temperature=1.0,  # for the prediction (MLM logits) term
+        temperature=1.0,  # of the logit terms (prediction, ce)
+        matches=[],  # custom: "TERM LOSS STUDENT TEACHER WEIGHT" strings (README, "Distillation terms")
+        relation_heads=12,  # MiniLMv2 relation heads (must divide both widths; 48 for BERT-base per the paper)
+        relation_layer=0,  # MiniLMv2 teacher layer (0: the last)
+        mask_prob=0.15, mask_smoothing=0.7,  # the masked-LM term's dynamic masking (DistilBERT)
     ))
 
     c.data = ml_collections.ConfigDict(dict(

@@ -31,7 +31,12 @@ def get_config() -> ml_collections.ConfigDict:
     # A general-distillation workdir (uses its export/), a Hugging Face dir or a Flax checkpoint dir
     c.student = ml_collections.ConfigDict(dict(init=""))
     c.layer_map = "uniform"
-    c.loss = ml_collections.ConfigDict(dict(mode="tinybert"))
+    # Stage 1 terms: preset tinybert (embedding, attention, hidden; the prediction term is stage 2's), minilm_v1,
+    # minilm_v2 or custom, as in configs/general.py.
+    c.loss = ml_collections.ConfigDict(dict(
+        preset="tinybert", mode="tinybert",
+        weights=ml_collections.ConfigDict(dict(embedding=1.0, attention=1.0, hidden=1.0)),
+        matches=[], relation_heads=12, relation_layer=0, temperature=1.0))
 
     c.augment = ml_collections.ConfigDict(dict(
         enabled=True,

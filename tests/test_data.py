@@ -2,6 +2,7 @@
 import itertools
 import json
 import random
+import shutil
 import subprocess
 import sys
 
@@ -182,6 +183,84 @@ def test_prepared_sequences_are_well_formed(prepared, tokenizer_dir):
     assert sequence_stats["split_sentences"] == 1 and 0 < sequence_stats["random_next"] < len(records)
     assert sequence_stats["tokens"] == int(lengths.sum())
     assert json.loads((out / loader.METADATA_FILE).read_text()) == metadata
+
+
+def test_prepared_token_counts_are_the_counts_of_the_written_ids(prepared):
+    out, metadata = prepared
+    assert metadata["token_counts"] == loader.TOKEN_COUNTS_FILE == "token_counts.npy"
+    vocab_size = metadata["tokenizer"]["vocab_size"]
+    expected = np.zeros(vocab_size, np.int64)
+    for record in read_all(out):
+        expected += np.bincount(np.frombuffer(record, "<i4")[1:], minlength=vocab_size)
+    stored = np.load(out / "token_counts.npy")
+    assert stored.dtype == np.int64 and stored.shape == (vocab_size,)
+    np.testing.assert_array_equal(stored, expected)
+    assert stored.sum() == metadata["sequence_stats"]["tokens"]
+    assert stored[metadata["tokenizer"]["cls_id"]] == metadata["count"]
+    assert stored[metadata["tokenizer"]["sep_id"]] == 2 * metadata["count"]
+    assert stored[metadata["tokenizer"]["pad_id"]] == 0
+    counts = loader.read_token_counts(out)
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, expected)
+
+
+def test_token_counts_are_batched_across_flushes(tmp_path, text_corpus, tokenizer_dir, prepared, monkeypatch):
+    monkeypatch.setattr(prepare, "TOKEN_COUNT_BATCH", 50)  # many np.bincount batches instead of one
+    prepare.prepare(str(text_corpus / "**" / "*.txt"), tmp_path / "out", str(tokenizer_dir), SEQ_LEN, seed=0,
+                    records_per_shard=20)
+    np.testing.assert_array_equal(loader.read_token_counts(tmp_path / "out"), loader.read_token_counts(prepared[0]))
+
+
+def _copy_prepared(prepared, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared[0], copy)
+    return copy, json.loads((copy / loader.METADATA_FILE).read_text())
+
+
+def _write_metadata(directory, metadata):
+    (directory / loader.METADATA_FILE).write_text(json.dumps(metadata))
+
+
+def _counts_error(directory, match):
+    with pytest.raises(InputError, match=match) as error:
+        loader.read_token_counts(directory)
+    message = str(error.value)
+    assert str(directory / "token_counts.npy") in message and "\n" not in message
+    assert f"delete {directory} and prepare it again" in message
+    return message
+
+
+def test_read_token_counts_without_the_metadata_key(prepared, tmp_path):
+    copy, metadata = _copy_prepared(prepared, tmp_path)
+    del metadata["token_counts"]  # as written before token counts existed
+    _write_metadata(copy, metadata)
+    assert loader.read_metadata(copy)["count"] == metadata["count"]  # such a directory still loads for training
+    _counts_error(copy, "not recorded in metadata.json")
+
+
+def test_read_token_counts_missing_or_unreadable_file(prepared, tmp_path):
+    copy, _ = _copy_prepared(prepared, tmp_path)
+    (copy / "token_counts.npy").unlink()
+    _counts_error(copy, "not found")
+    (copy / "token_counts.npy").write_bytes(b"not an npy file")
+    _counts_error(copy, "not a readable .npy array")
+    np.save(copy / "token_counts.npy", np.zeros(3, object), allow_pickle=True)
+    _counts_error(copy, "not a readable .npy array")
+    np.save(copy / "token_counts.npy", np.ones(len(np.load(prepared[0] / "token_counts.npy")), np.float32))
+    _counts_error(copy, "dtype float32")
+
+
+def test_read_token_counts_wrong_length(prepared, tmp_path):
+    copy, metadata = _copy_prepared(prepared, tmp_path)
+    vocab_size = metadata["tokenizer"]["vocab_size"]
+    np.save(copy / "token_counts.npy", np.ones(vocab_size - 1, np.int64))
+    _counts_error(copy, rf"shape \[{vocab_size - 1}\], expected \[{vocab_size}\]")
+    np.save(copy / "token_counts.npy", np.ones((vocab_size, 2), np.int64))
+    _counts_error(copy, rf"shape \[{vocab_size}, 2\], expected")
+    np.save(copy / "token_counts.npy", np.ones(vocab_size, np.int64))
+    del metadata["tokenizer"]["vocab_size"]
+    _write_metadata(copy, metadata)
+    _counts_error(copy, "no valid tokenizer.vocab_size")
 
 
 def test_prepare_is_deterministic_for_a_seed(tmp_path, text_corpus, tokenizer_dir, prepared):

@@ -97,7 +97,7 @@ SHARDING_CHECK = textwrap.dedent("""
     from tinybert_jax import convert, sharding
     from tinybert_jax.distill.general import init_trainable
     from tinybert_jax.distill.layer_map import resolve_layer_map
-    from tinybert_jax.distill.step import DistillSpec, trim_teacher
+    from tinybert_jax.distill.step import tinybert_spec, trim_teacher
     from tinybert_jax.models.bert import BertConfig, abstract_params
     from tinybert_jax.train.optimizer import make_optimizer
     from tinybert_jax.train.state import create_state
@@ -110,8 +110,7 @@ SHARDING_CHECK = textwrap.dedent("""
     student_cfg = BertConfig(vocab_size=teacher_cfg.vocab_size, hidden_size=16, num_hidden_layers=2,
                              num_attention_heads=4, intermediate_size=24, max_position_embeddings=64)
     teacher_cfg, teacher = trim_teacher(teacher_cfg, teacher, 4, keep_mlm_head=False)
-    spec = DistillSpec(student=student_cfg, teacher=teacher_cfg, layer_map=resolve_layer_map("uniform", 4, 2),
-                       mode="tinybert", weights=(("hidden", 1.0),))
+    spec = tinybert_spec(student_cfg, teacher_cfg, resolve_layer_map("uniform", 4, 2), "tinybert", {"hidden": 1.0})
     tx, _ = make_optimizer(config.optimizer, 10)
     state, _ = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, rules)
     teacher = sharding.put_sharded(teacher, sharding.shardings_of(abstract_params(teacher_cfg), mesh, rules))

@@ -9,7 +9,7 @@ from conftest import padded_batch
 from tinybert_jax import sharding
 from tinybert_jax.distill.general import init_trainable
 from tinybert_jax.distill.layer_map import resolve_layer_map
-from tinybert_jax.distill.step import DistillSpec, make_distill_step, trim_teacher
+from tinybert_jax.distill.step import make_distill_step, tinybert_spec, trim_teacher
 from tinybert_jax.models.bert import BertConfig, init_params
 from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.state import create_state
@@ -32,7 +32,7 @@ def setup(weights=(("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0)), mod
     predict = "prediction" in dict(weights)
     teacher_cfg, teacher_params = trim_teacher(TEACHER, teacher_params,
                                                TEACHER.num_hidden_layers if predict else lm.teacher_depth, predict)
-    spec = DistillSpec(STUDENT, teacher_cfg, lm, mode, tuple(weights), temperature=1.0)
+    spec = tinybert_spec(STUDENT, teacher_cfg, lm, mode, dict(weights), temperature=1.0)
     tx, schedule = make_optimizer(optimizer_config(opt), 100)
     mesh = sharding.make_mesh(-1, 1)
     state, _ = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, [])

@@ -11,7 +11,7 @@ from tinybert_jax import sharding
 from tinybert_jax.bench.timing import encoder_flops, time_calls
 from tinybert_jax.distill.general import init_trainable
 from tinybert_jax.distill.layer_map import resolve_layer_map
-from tinybert_jax.distill.step import DistillSpec, make_distill_step, trim_teacher
+from tinybert_jax.distill.step import DistillSpec, make_distill_step, tinybert_spec, trim_teacher
 from tinybert_jax.models.bert import BertConfig, init_params
 from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.state import create_state
@@ -35,7 +35,8 @@ def step_flops(spec: DistillSpec, seq_len: int) -> float:
     and the hidden projection (forward + backward) on every mapped hidden state."""
     student = encoder_flops(spec.student, seq_len)
     teacher = encoder_flops(spec.teacher, seq_len)
-    projection = 2 * seq_len * spec.student.hidden_size * spec.teacher.hidden_size * len(spec.layer_map.hidden_pairs)
+    projected = sum(match.loss == "hidden_mse" for match in spec.matches)
+    projection = 2 * seq_len * spec.student.hidden_size * spec.teacher.hidden_size * projected
     return teacher + 3 * (student + projection)
 
 
@@ -45,7 +46,7 @@ def build_step(teacher: BertConfig, student: BertConfig, teacher_dtype: str = "f
     teacher_params = init_params(teacher, jax.random.PRNGKey(1))
     teacher_cfg, teacher_params = trim_teacher(teacher, teacher_params, layer_map.teacher_depth, False,
                                                dtype=teacher_dtype)
-    spec = DistillSpec(student, teacher_cfg, layer_map, "tinybert", WEIGHTS)
+    spec = tinybert_spec(student, teacher_cfg, layer_map, "tinybert", dict(WEIGHTS))
     tx, schedule = make_optimizer(ADAMW, 1000)
     mesh = sharding.make_mesh(-1, 1)
     state, state_shardings = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, [])
@@ -93,7 +94,8 @@ def bench_step_vs_pytorch(teacher: BertConfig, student: BertConfig, batch: int, 
     step, state, teacher_params, spec, mesh = build_step(teacher, student, teacher_dtype)
     host_batch = random_batch(teacher.vocab_size, batch, seq_len)
     device_batch = sharding.global_batch(host_batch, mesh)
-    torch_step = build_torch_step(teacher, student, spec.layer_map, host_batch)
+    layer_map = resolve_layer_map("uniform", teacher.num_hidden_layers, student.num_hidden_layers)
+    torch_step = build_torch_step(teacher, student, layer_map, host_batch)
 
     def jax_step():
         nonlocal state

@@ -14,6 +14,7 @@ from tinybert_jax.errors import InputError
 from tinybert_jax.files import read_json
 
 METADATA_FILE = "metadata.json"
+TOKEN_COUNTS_FILE = "token_counts.npy"  # int64 [vocab_size]: occurrences of each token id in the sequences
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "source", "seq_len", "seed", "tokenizer", "count", "shards")
 
@@ -32,6 +33,43 @@ def read_metadata(prepared_dir: str | Path) -> dict:
         raise InputError(f"{path}: format_version {metadata['format_version']!r}, this version reads "
                          f"{FORMAT_VERSION}; delete {prepared_dir} and prepare it again")
     return metadata
+
+
+def read_token_counts(prepared_dir: str | Path) -> np.ndarray:
+    """int64 [vocab_size] occurrences of every token id in the prepared sequences (for frequency-smoothed masking).
+
+    Directories prepared before the counts were recorded have no `token_counts` entry: an InputError says to
+    prepare them again, as it does for a missing, unreadable or wrongly sized counts file.
+    """
+    metadata = read_metadata(prepared_dir)
+    name = metadata.get("token_counts")
+    path = Path(prepared_dir) / (name if isinstance(name, str) and name else TOKEN_COUNTS_FILE)
+    again = f"delete {prepared_dir} and prepare it again"
+    if name is None:
+        raise InputError(f"{path}: not recorded in {METADATA_FILE} (prepared by an older version without token "
+                         f"counts); {again}")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{path}: {METADATA_FILE} names the token counts file as {name!r}; {again}")
+    tokenizer = metadata["tokenizer"]
+    vocab_size = tokenizer.get("vocab_size") if isinstance(tokenizer, dict) else None
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+        raise InputError(f"{path}: {METADATA_FILE} has no valid tokenizer.vocab_size to check the counts "
+                         f"against; {again}")
+    if not path.is_file():
+        raise InputError(f"{path}: not found (listed in {METADATA_FILE}); {again}")
+    try:
+        counts = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a readable .npy array ({reason}); {again}") from None
+    if counts.ndim != 1 or counts.shape[0] != vocab_size:
+        raise InputError(f"{path}: shape {list(counts.shape)}, expected [{vocab_size}] (the tokenizer's vocab_size); "
+                         f"{again}")
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise InputError(f"{path}: dtype {counts.dtype}, expected integer counts; {again}")
+    if (counts < 0).any():
+        raise InputError(f"{path}: negative counts; {again}")
+    return counts.astype(np.int64)
 
 
 def decode_records(records: list[bytes], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:

@@ -15,6 +15,9 @@ with input_ids = [CLS] A [SEP] B [SEP] unpadded (length = bytes / 4 - 1 <= seq_l
 len(A) + 2, the number of leading tokens with token_type_id 0; the remaining ones (B [SEP]) have type 1.
 The loader pads to seq_len with tokenizer.pad_id. Shards are sequences-NNNNN.array_record (group_size:1,
 as random access needs); metadata.json describes the settings, tokenizer, counts and shards.
+token_counts.npy (named by metadata["token_counts"]) holds the int64 [vocab_size] occurrences of every token id
+in the written input_ids, [CLS]/[SEP] included, for frequency-smoothed masking; directories prepared before it
+was added lack the key.
 """
 from __future__ import annotations
 
@@ -35,13 +38,14 @@ from tqdm import tqdm
 
 from tinybert_jax import hf_checkpoint
 from tinybert_jax.data.corpus import TFDS_PREFIX, CorpusStats, iter_documents
-from tinybert_jax.data.loader import FORMAT_VERSION, METADATA_FILE, read_metadata
+from tinybert_jax.data.loader import FORMAT_VERSION, METADATA_FILE, TOKEN_COUNTS_FILE, read_metadata
 from tinybert_jax.errors import InputError, run_cli
 from tinybert_jax.files import atomic_output_dir
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RECORDS_PER_SHARD = 50_000
+TOKEN_COUNT_BATCH = 1 << 20  # tokens buffered before one np.bincount over them
 RANDOM_NEXT_PROB = 0.5
 RANDOM_DOCUMENT_WINDOW = 256  # documents kept in memory to draw "random next" segments from
 TOKENIZE_BATCH_SENTENCES = 2048
@@ -230,6 +234,36 @@ def encode_record(segment_a: np.ndarray, segment_b: np.ndarray, cls_id: int, sep
 
 
 # ---------------------------------------------------------------------------------------------- writing
+class TokenCounter:
+    """Occurrences of each token id, counted with one np.bincount per ~TOKEN_COUNT_BATCH buffered tokens."""
+
+    def __init__(self, vocab_size: int):
+        self.counts = np.zeros(vocab_size, np.int64)
+        self._pending: list[np.ndarray] = []
+        self._pending_tokens = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        self._pending.append(ids)
+        self._pending_tokens += len(ids)
+        if self._pending_tokens >= TOKEN_COUNT_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        ids = np.concatenate(self._pending)
+        self._pending, self._pending_tokens = [], 0
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.counts)):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise InputError(f"tokenizer produced token id {bad}, outside its vocabulary of {len(self.counts)} "
+                             f"tokens; use a tokenizer whose ids are 0 .. vocab size - 1")
+        self.counts += np.bincount(ids, minlength=len(self.counts))
+
+    def result(self) -> np.ndarray:
+        self.flush()
+        return self.counts
+
+
 class ShardWriter:
     """ArrayRecord shards of at most `records_per_shard` records each, named in order."""
 
@@ -289,13 +323,14 @@ def _counted(documents: Iterable[list[str]], bar: tqdm, corpus_stats: CorpusStat
 def prepare(source: str, out_dir: str | Path, tokenizer_path: str, seq_len: int, seed: int, *,
             tfds_data_dir: str = "", tfds_text_key: str = "text", short_seq_prob: float = 0.1,
             records_per_shard: int = DEFAULT_RECORDS_PER_SHARD) -> dict[str, Any]:
-    """Writes `out_dir` (shards + metadata.json) in one atomic rename and returns the metadata."""
+    """Writes `out_dir` (shards + token_counts.npy + metadata.json) in one atomic rename; returns the metadata."""
     _check_settings(seq_len, short_seq_prob, records_per_shard)
     tokenizer = load_tokenizer(tokenizer_path)
     token_ids = tokenizer_metadata(tokenizer, tokenizer_path)
     corpus_stats, stats = CorpusStats(), SequenceStats()
     rng = random.Random(seed)
     max_tokens = seq_len - 3
+    counter = TokenCounter(token_ids["vocab_size"])
     with atomic_output_dir(out_dir) as tmp:
         with ShardWriter(tmp, records_per_shard) as writer, \
                 tqdm(desc=f"prepare {source or 'embedded'}", unit="doc", smoothing=0.1) as bar:
@@ -303,7 +338,9 @@ def prepare(source: str, out_dir: str | Path, tokenizer_path: str, seq_len: int,
                                  corpus_stats)
             tokenized = tokenize_documents(documents, tokenizer, max_tokens, stats)
             for segment_a, segment_b in pair_sequences(tokenized, rng, max_tokens, short_seq_prob, stats):
-                writer.write(encode_record(segment_a, segment_b, token_ids["cls_id"], token_ids["sep_id"]))
+                record = encode_record(segment_a, segment_b, token_ids["cls_id"], token_ids["sep_id"])
+                writer.write(record)
+                counter.add(np.frombuffer(record, "<i4")[1:])  # exactly the input_ids written
                 stats.sequences += 1
                 stats.tokens += len(segment_a) + len(segment_b) + 3
                 if stats.sequences % 1000 == 0:
@@ -312,10 +349,12 @@ def prepare(source: str, out_dir: str | Path, tokenizer_path: str, seq_len: int,
         log.info("prepare %s: %s", source or "embedded", corpus_stats.summary())
         if not stats.sequences:
             raise InputError(f"source {source!r}: no training sequences ({corpus_stats.summary()})")
+        np.save(tmp / TOKEN_COUNTS_FILE, counter.result())
         metadata = {"format_version": FORMAT_VERSION,
                     **_content_settings(source, seq_len, seed, short_seq_prob, tfds_text_key),
                     "random_next_prob": RANDOM_NEXT_PROB, "random_document_window": RANDOM_DOCUMENT_WINDOW,
                     "tokenizer": token_ids, "count": stats.sequences, "shards": writer.shards,
+                    "token_counts": TOKEN_COUNTS_FILE,
                     "sequence_stats": dataclasses.asdict(stats), "corpus_stats": dataclasses.asdict(corpus_stats)}
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     log.info("prepare %s: %d sequences (%d tokens, %d random-next, %d long sentences split) in %d shards at %s",

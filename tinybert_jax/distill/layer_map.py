@@ -6,7 +6,7 @@ from typing import Sequence, Union
 
 from tinybert_jax.errors import InputError
 
-STRATEGIES = ("uniform", "top", "bottom")
+STRATEGIES = ("uniform", "top", "bottom", "spread")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,8 @@ class LayerMap:
 
 
 def resolve_layer_map(spec: Union[str, Sequence[int]], teacher_layers: int, student_layers: int) -> LayerMap:
-    """`uniform` (teacher layer i*N/M), `top` (m + N - M), `bottom` (m), or an explicit list of teacher layers
+    """`uniform` (teacher layer i*N/M), `top` (m + N - M), `bottom` (m), `spread` (first to last teacher layer,
+    evenly spaced and rounded), or an explicit list of teacher layers
     (a sequence of ints or a comma-separated string such as "3,6,9,12", the form a command-line override takes)."""
     if isinstance(spec, str) and spec.strip() and spec.strip()[0].isdigit():
         try:
@@ -55,6 +56,10 @@ def resolve_layer_map(spec: Union[str, Sequence[int]], teacher_layers: int, stud
             layers = [m + teacher_layers - student_layers for m in range(1, student_layers + 1)]
         elif spec == "bottom":
             layers = list(range(1, student_layers + 1))
+        elif spec == "spread":  # first to last, evenly rounded: DistilBERT's 0,2,4,7,9,11 (0-based) for 12 -> 6
+            step = (teacher_layers - 1) / max(student_layers - 1, 1)
+            layers = [teacher_layers] if student_layers == 1 else \
+                [int(m * step + 0.5) + 1 for m in range(student_layers)]
         else:
             raise InputError(f"layer_map={spec!r} is not one of {STRATEGIES} or a list of teacher layers")
     else:

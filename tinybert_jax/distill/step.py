@@ -1,8 +1,8 @@
-"""The fused general-distillation step: teacher forward (frozen), student forward/backward, all losses, update."""
+"""The fused distillation step: (masking,) teacher forward (frozen), student forward/backward, every term, update."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,72 +11,112 @@ import optax
 
 from tinybert_jax.distill import losses
 from tinybert_jax.distill.layer_map import LayerMap
+from tinybert_jax.distill.matches import PRESET_WEIGHTS, Match, preset_matches, teacher_layers_needed
 from tinybert_jax.distill.projection import HiddenProjection
 from tinybert_jax.models.bert import Bert, BertConfig, unstack_layers
+from tinybert_jax.train.mlm import mask_tokens_weighted
 from tinybert_jax.train.state import TrainState
-
-LOSS_TERMS = ("embedding", "attention", "hidden", "prediction")
-
 
 @dataclasses.dataclass(frozen=True)
 class DistillSpec:
-    """Everything static about the step: model configs, the resolved layer map and the loss settings."""
+    """Everything static about the step: model configs, the distillation terms and the loss settings."""
 
     student: BertConfig
-    teacher: BertConfig  # already trimmed to the layers and heads the losses need
-    layer_map: LayerMap
-    mode: str
-    weights: tuple[tuple[str, float], ...]  # (term, weight) for the active terms, in LOSS_TERMS order
-    temperature: float = 1.0
+    teacher: BertConfig  # already trimmed to the layers the terms need
+    matches: tuple[Match, ...]
+    mode: str = "tinybert"  # for the TinyBERT losses: "tinybert" (original semantics) or "masked"
+    temperature: float = 1.0  # of the logit losses
+    relation_heads: int = 1  # MiniLMv2 relation heads
+    mask_id: int = -1  # >= 0: inputs are masked in the step (DistilBERT's dynamic masking) with this [MASK] id
+    mask_prob: float = 0.15
 
     @property
     def projection(self) -> HiddenProjection:
         return HiddenProjection(self.teacher.hidden_size, self.student.initializer_range)
 
+    @property
+    def teacher_output_layers(self) -> tuple[int, ...]:
+        return teacher_layers_needed(self.matches, self.teacher)[1]
 
-def distillation_losses(spec: DistillSpec, student_out, teacher_out, projection_params, attention_mask
-                        ) -> dict[str, jax.Array]:
-    """The unweighted loss terms named in spec.weights (REFERENCE.md 1: embedding, attention, hidden, prediction)."""
-    active = dict(spec.weights)
+
+def tinybert_spec(student: BertConfig, teacher: BertConfig, layer_map: LayerMap, mode: str,
+                  weights: dict[str, float], temperature: float = 1.0) -> DistillSpec:
+    """The TinyBERT recipe's spec: the embedding, attention, hidden and prediction terms named in `weights`."""
+    weights = {term: weights.get(term, 0.0) for term in PRESET_WEIGHTS["tinybert"]}
+    return DistillSpec(student, teacher, preset_matches("tinybert", weights, layer_map, student, teacher), mode,
+                       temperature)
+
+
+def match_loss(spec: DistillSpec, match: Match, student_out, teacher_out, project: Callable, attention_mask,
+               masked_labels) -> jax.Array:
+    """One term's unweighted loss (REFERENCE.md 1-3; the losses themselves are in losses.py)."""
+    s, t = match.student, match.teacher
+    if match.loss == "hidden_mse":
+        return losses.hidden_mse(project(student_out.hidden_states[s]), teacher_out.hidden_states[t],
+                                 attention_mask, spec.mode)
+    if match.loss == "hidden_cos":
+        return losses.hidden_cosine(student_out.hidden_states[s], teacher_out.hidden_states[t], attention_mask)
+    if match.loss == "attention_mse":
+        return losses.attention_mse(student_out.attention_scores[s - 1], teacher_out.attention_scores[t - 1],
+                                    attention_mask, spec.mode)
+    if match.loss == "attention_kl":
+        return losses.attention_distribution_kl(student_out.attention_scores[s - 1],
+                                                teacher_out.attention_scores[t - 1], attention_mask)
+    if match.loss == "value_relation_kl":
+        return losses.relation_kl(student_out.projections[s - 1][2], teacher_out.projections[t - 1][2],
+                                  spec.student.num_attention_heads, attention_mask)
+    if match.loss == "qkv_relation_kl":
+        return sum(losses.relation_kl(x_s, x_t, spec.relation_heads, attention_mask)
+                   for x_s, x_t in zip(student_out.projections[s - 1], teacher_out.projections[t - 1]))
+    if match.loss == "logits_soft_ce":
+        return losses.soft_cross_entropy(student_out.logits, teacher_out.logits, spec.temperature, attention_mask,
+                                         spec.mode)
+    if match.loss == "logits_kl":
+        return losses.logits_kl(student_out.logits, teacher_out.logits, spec.temperature, attention_mask)
+    labels, chosen = masked_labels
+    return losses.masked_lm_cross_entropy(student_out.logits, labels, chosen)
+
+
+def distillation_losses(spec: DistillSpec, student_out, teacher_out, projection_params, attention_mask,
+                        masked_labels=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(weighted total, {term: unweighted sum of its matches}) for the terms in spec.matches."""
     project = lambda h: spec.projection.apply({"params": projection_params}, h)
-    terms = {}
-    if "embedding" in active:
-        terms["embedding"] = losses.hidden_mse(project(student_out.hidden_states[0]), teacher_out.hidden_states[0],
-                                               attention_mask, spec.mode)
-    if "attention" in active:
-        terms["attention"] = sum(losses.attention_mse(student_out.attention_scores[s - 1],
-                                                      teacher_out.attention_scores[t - 1], attention_mask, spec.mode)
-                                 for s, t in spec.layer_map.attention_pairs)
-    if "hidden" in active:
-        terms["hidden"] = sum(losses.hidden_mse(project(student_out.hidden_states[s]), teacher_out.hidden_states[t],
-                                                attention_mask, spec.mode)
-                              for s, t in spec.layer_map.hidden_pairs[1:])
-    if "prediction" in active:
-        terms["prediction"] = losses.soft_cross_entropy(student_out.logits, teacher_out.logits, spec.temperature,
-                                                        attention_mask, spec.mode)
-    return terms
+    total, terms = 0.0, {}
+    for match in spec.matches:
+        value = match_loss(spec, match, student_out, teacher_out, project, attention_mask, masked_labels)
+        terms[match.term] = terms.get(match.term, 0.0) + value
+        total = total + match.weight * value
+    return total, terms
 
 
-def make_distill_step(spec: DistillSpec, tx: optax.GradientTransformation, schedule: Callable
+def make_distill_step(spec: DistillSpec, tx: optax.GradientTransformation, schedule: Callable,
+                      token_weights: Optional[np.ndarray] = None
                       ) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
-    """(state, teacher_params, batch) -> (state, metrics); pure, to be jitted with the state donated."""
+    """(state, teacher_params, batch) -> (state, metrics); pure, to be jitted with the state donated.
+
+    With spec.mask_id >= 0 the batch is masked first (teacher and student see the same masked input), positions
+    drawn in proportion to `token_weights` (DistilBERT's rare-token smoothing)."""
     student, teacher = Bert(spec.student), Bert(spec.teacher)
+    weights = None if token_weights is None else jnp.asarray(token_weights, jnp.float32)
 
     def step(state: TrainState, teacher_params: Any, batch: dict) -> tuple[TrainState, dict]:
-        rng, dropout_rng = jax.random.split(state.rng)
-        inputs = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        rng, dropout_rng, mask_rng = jax.random.split(state.rng, 3)
+        input_ids, masked_labels = batch["input_ids"], None
+        if spec.mask_id >= 0:
+            input_ids, chosen = mask_tokens_weighted(mask_rng, batch["input_ids"], batch["attention_mask"], weights,
+                                                     spec.mask_id, spec.student.vocab_size, spec.mask_prob)
+            masked_labels = (batch["input_ids"], chosen)
+        inputs = (input_ids, batch["token_type_ids"], batch["attention_mask"])
         # Eval mode (no dropout) and no gradient path into the teacher: it is a fixed target.
         teacher_out = jax.lax.stop_gradient(
             teacher.apply({"params": jax.lax.stop_gradient(teacher_params)}, *inputs, deterministic=True,
-                          output_layers=spec.layer_map.teacher_layers))
+                          output_layers=spec.teacher_output_layers))
 
         def loss_fn(params):
             student_out = student.apply({"params": params["student"]}, *inputs, deterministic=False,
                                         rngs={"dropout": dropout_rng})
-            terms = distillation_losses(spec, student_out, teacher_out, params["projection"],
-                                        batch["attention_mask"])
-            total = sum(weight * terms[name] for name, weight in spec.weights)
-            return total, terms
+            return distillation_losses(spec, student_out, teacher_out, params["projection"],
+                                       batch["attention_mask"], masked_labels)
 
         (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -89,6 +89,9 @@ class BertConfig:
 class BertOutput:
     hidden_states: tuple  # L+1 arrays [batch, T, hidden], the embedding output first
     attention_scores: tuple  # L arrays [batch, heads, T, T], pre-softmax, additive key mask applied, float32
+    # L (query, key, value) triples of [batch, T, hidden] projections, all heads concatenated (MiniLM relations);
+    # free when unused: under jit they are only intermediate values
+    projections: tuple = ()
     pooled_output: Optional[jax.Array] = None
     logits: Optional[jax.Array] = None
 
@@ -138,7 +141,7 @@ class Embeddings(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """One encoder layer, written as a scan body: (hidden, ...) -> (hidden, (hidden, scores)).
+    """One encoder layer, written as a scan body: (hidden, ...) -> (hidden, (hidden, scores, (q, k, v))).
 
     Hidden states are [batch * T, hidden]: dense layers and their gradients are plain 2-D GEMMs that way (a 3-D
     input makes the weight gradient contract two axes, ~25% slower on XLA:CPU).
@@ -153,9 +156,9 @@ class BertLayer(nn.Module):
         # [batch, heads, T, head_dim]: with heads before T both attention matmuls are plain batched GEMMs; mixed
         # layouts (e.g. "bhqk,bkhd->bqhd") make XLA:CPU fall back to a slow loop, 3.5x slower per attention block.
         split = lambda x: x.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
-        q = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "query")(hidden))
-        k = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "key")(hidden))
-        v = split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), "value")(hidden))
+        projections = tuple(_dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(hidden)
+                            for name in ("query", "key", "value"))
+        q, k, v = map(split, projections)
         # Scale q, not the scores: T/head_dim times fewer multiplies, and a Python float stays a scalar in XLA
         # (a jnp constant was materialised as a full [B, heads, T, T] broadcast on every call).
         q = q * (1.0 / math.sqrt(cfg.head_dim))
@@ -177,7 +180,7 @@ class BertLayer(nn.Module):
         ffn = nn.Dropout(cfg.hidden_dropout_prob)(ffn, deterministic=deterministic)
         hidden = _layer_norm(cfg, "output_norm")(hidden + ffn)
         hidden = nn.with_logical_constraint(hidden, ("batch", "hidden"))
-        return hidden, (hidden, scores)
+        return hidden, (hidden, scores, projections)
 
 
 class MlmHead(nn.Module):
@@ -288,6 +291,8 @@ class Bert(nn.Module):
         hidden_states = (hidden,) + tuple(as_3d(collected[i][0]) if i in collected else None
                                           for i in range(1, cfg.num_hidden_layers)) + (as_3d(last),)
         scores = tuple(collected[i][1] if i in collected else None for i in range(1, cfg.num_hidden_layers + 1))
+        projections = tuple(tuple(as_3d(x) for x in collected[i][2]) if i in collected else None
+                            for i in range(1, cfg.num_hidden_layers + 1))
 
         pooled = logits = None
         if cfg.pooler:
@@ -297,7 +302,8 @@ class Bert(nn.Module):
         elif cfg.num_labels:
             logits = self.classifier(self.classifier_dropout(pooled, deterministic=deterministic))
             logits = logits.astype(jnp.float32)
-        return BertOutput(hidden_states=hidden_states, attention_scores=scores, pooled_output=pooled, logits=logits)
+        return BertOutput(hidden_states=hidden_states, attention_scores=scores, projections=projections,
+                          pooled_output=pooled, logits=logits)
 
 
 def unstack_layers(cfg: BertConfig, params: dict) -> tuple[BertConfig, dict]:

@@ -21,6 +21,7 @@ from tinybert_jax.data import augment, glue
 from tinybert_jax.distill.general import compute_dtype, run_meta, train_intermediate
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.losses import MODES
+from tinybert_jax.distill.matches import LOGIT_LOSSES, resolve_matches, teacher_layers_needed
 from tinybert_jax.distill.step import DistillSpec, trim_teacher
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig
@@ -29,9 +30,6 @@ from tinybert_jax.task.data import Arrays, count, train_iterator
 from tinybert_jax.task.evaluate import evaluate, main_score, predict
 from tinybert_jax.train.loop import LoopSettings
 from tinybert_jax.train.optimizer import make_optimizer
-
-INTERMEDIATE = (("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0))
-
 
 def load_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask):
     """(dir, config, params, permutation to canonical label order) of the fine-tuned teacher."""
@@ -79,13 +77,18 @@ def stage1(config, task, teacher_cfg, teacher_params, student_cfg, student_param
            workdir: Path) -> None:
     if config.loss.mode not in MODES:
         raise InputError(f"loss.mode={config.loss.mode!r}; use one of {MODES}")
-    layer_map = resolve_layer_map(config.layer_map, teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
-    if student_cfg.num_attention_heads != teacher_cfg.num_attention_heads:
-        raise InputError(f"attention distillation needs equal head counts: student {student_cfg.num_attention_heads}"
-                         f", teacher {teacher_cfg.num_attention_heads}")
-    trimmed_cfg, trimmed = trim_teacher(teacher_cfg, teacher_params, layer_map.teacher_depth, False,
-                                        dtype=config.dtype)
-    spec = DistillSpec(student_cfg, trimmed_cfg, layer_map, config.loss.mode, INTERMEDIATE)
+    layer_map = None
+    if config.loss.preset == "tinybert":
+        layer_map = resolve_layer_map(config.layer_map, teacher_cfg.num_hidden_layers,
+                                      student_cfg.num_hidden_layers)
+    matches = resolve_matches(config.loss, layer_map, student_cfg, teacher_cfg)
+    if any(m.loss in LOGIT_LOSSES for m in matches):
+        raise InputError("stage 1 distils intermediate layers: logit and masked-LM terms belong to stage 2 "
+                         "(loss.weights.prediction must be 0 here)")
+    depth = teacher_layers_needed(matches, teacher_cfg)[0]
+    trimmed_cfg, trimmed = trim_teacher(teacher_cfg, teacher_params, depth, False, dtype=config.dtype)
+    spec = DistillSpec(student_cfg, trimmed_cfg, matches, config.loss.mode,
+                       relation_heads=int(config.loss.relation_heads))
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     stage = config.stage1
     sharding.check_batch_divisible(stage.batch_size, mesh)

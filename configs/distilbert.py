@@ -1,0 +1,25 @@
+"""DistilBERT-style general distillation (REFERENCE.md 2): a 6-layer student initialised from the teacher's
+embeddings and layers 1,3,5,8,10,12 (DistilBERT's 0,2,4,7,9,11), dynamic masking with rare-token smoothing,
+loss 5 * KL(MLM logits, T=2) * T^2 + 2 * masked-LM cross-entropy + 1 * cosine of last hidden states.
+
+python -m tinybert_jax.main --config=configs/distilbert.py --workdir=DIR [--config.key=value ...]
+The teacher needs its MLM head (a BertForMaskedLM / BertForPreTraining checkpoint); the export is a
+BertForMaskedLM.
+"""
+import ml_collections
+
+from configs import general
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = general.get_config()
+    c.student.preset = "distilbert6"
+    c.student.init = "teacher"
+    c.student.mlm_head = True
+    c.loss.preset = "distilbert"
+    c.loss.weights = ml_collections.ConfigDict(dict(ce=5.0, mlm=2.0, cos=1.0))
+    c.loss.temperature = 2.0
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=5e-4, schedule="linear", warmup_ratio=0.05, b1=0.9, b2=0.98, eps=1e-6,
+        weight_decay=0.0, clip_norm=5.0))
+    return c

@@ -1,0 +1,155 @@
+"""Declarative distillation terms: which teacher output teaches which student output, with which loss and weight.
+
+A recipe (TinyBERT, DistilBERT, MiniLM v1/v2) is a preset that expands into these; `loss.preset=custom` takes
+them from `loss.matches`, one "TERM LOSS STUDENT TEACHER WEIGHT" string each (REFERENCE.md 4, TextBrewer's idea).
+Indices: hidden-state losses count 0 = embedding output .. L = last layer; attention, relation and value losses
+count layers 1..L; logit losses ignore them (write 0).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+from tinybert_jax.distill.layer_map import LayerMap
+from tinybert_jax.errors import InputError
+from tinybert_jax.models.bert import BertConfig
+
+# loss -> what it compares (REFERENCE.md 1-3)
+LOSSES = {
+    "hidden_mse": "hidden states, the student's through the shared projection W_h (TinyBERT)",
+    "hidden_cos": "1 - cosine of hidden states over real tokens; equal widths (DistilBERT)",
+    "attention_mse": "pre-softmax attention scores; equal head counts (TinyBERT)",
+    "attention_kl": "KL of attention distributions; equal head counts (MiniLMv1)",
+    "value_relation_kl": "KL of value-value relations per attention head; equal head counts (MiniLMv1)",
+    "qkv_relation_kl": "KL of Q-Q, K-K and V-V relations over loss.relation_heads heads, any widths (MiniLMv2)",
+    "logits_soft_ce": "soft cross-entropy of MLM logits at loss.temperature, no T^2 (TinyBERT prediction)",
+    "logits_kl": "KL of MLM logits at loss.temperature, times T^2, over real tokens (DistilBERT)",
+    "mlm_ce": "the student's masked-LM cross-entropy on the masked positions; needs no teacher (DistilBERT)",
+}
+HIDDEN_LOSSES = ("hidden_mse", "hidden_cos")
+LAYER_LOSSES = ("attention_mse", "attention_kl", "value_relation_kl", "qkv_relation_kl")
+LOGIT_LOSSES = ("logits_soft_ce", "logits_kl", "mlm_ce")
+PRESETS = ("tinybert", "distilbert", "minilm_v1", "minilm_v2", "custom")
+# preset -> its terms and their default weights (loss.weights.TERM overrides)
+PRESET_WEIGHTS = {
+    "tinybert": {"embedding": 1.0, "attention": 1.0, "hidden": 1.0, "prediction": 0.0},
+    "distilbert": {"ce": 5.0, "mlm": 2.0, "cos": 1.0},
+    "minilm_v1": {"attention": 1.0, "value_relation": 1.0},
+    "minilm_v2": {"relations": 1.0},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    term: str  # metric name; matches sharing a term are summed into it
+    loss: str  # a key of LOSSES
+    student: int
+    teacher: int
+    weight: float
+
+
+def preset_matches(preset: str, weights: dict, layer_map: LayerMap, student: BertConfig, teacher: BertConfig,
+                   relation_layer: int = 0) -> tuple[Match, ...]:
+    """The terms of a recipe; terms whose weight is 0 are left out (and never computed)."""
+    w = {**PRESET_WEIGHTS[preset], **{k: float(v) for k, v in weights.items() if k in PRESET_WEIGHTS[preset]}}
+    last_s, last_t = student.num_hidden_layers, teacher.num_hidden_layers
+    if preset == "tinybert":
+        matches = [Match("embedding", "hidden_mse", 0, 0, w["embedding"])]
+        matches += [Match("attention", "attention_mse", s, t, w["attention"]) for s, t in layer_map.attention_pairs]
+        matches += [Match("hidden", "hidden_mse", s, t, w["hidden"]) for s, t in layer_map.hidden_pairs[1:]]
+        matches += [Match("prediction", "logits_soft_ce", 0, 0, w["prediction"])]
+    elif preset == "distilbert":
+        matches = [Match("ce", "logits_kl", 0, 0, w["ce"]), Match("mlm", "mlm_ce", 0, 0, w["mlm"]),
+                   Match("cos", "hidden_cos", last_s, last_t, w["cos"])]
+    elif preset == "minilm_v1":
+        matches = [Match("attention", "attention_kl", last_s, last_t, w["attention"]),
+                   Match("value_relation", "value_relation_kl", last_s, last_t, w["value_relation"])]
+    else:  # minilm_v2: the last student layer learns from loss.relation_layer (0: the teacher's last)
+        matches = [Match("relations", "qkv_relation_kl", last_s, relation_layer or last_t, w["relations"])]
+    return tuple(m for m in matches if m.weight)
+
+
+def parse_matches(lines: Sequence[str]) -> tuple[Match, ...]:
+    matches = []
+    for line in lines:
+        fields = str(line).split()
+        try:
+            term, loss, student, teacher, weight = fields
+            match = Match(term, loss, int(student), int(teacher), float(weight))
+        except ValueError:
+            raise InputError(f"loss.matches entry {line!r}: write 'TERM LOSS STUDENT TEACHER WEIGHT', e.g. "
+                             f"'hidden hidden_mse 2 6 1.0'") from None
+        if match.weight:
+            matches.append(match)
+    return tuple(matches)
+
+
+def check_matches(matches: tuple[Match, ...], student: BertConfig, teacher: BertConfig,
+                  relation_heads: int) -> None:
+    """Start-up validation of every term against the two model shapes, with the entry at fault named."""
+    if not matches:
+        raise InputError("no distillation term has a non-zero weight; enable at least one in loss.weights or "
+                         "loss.matches")
+    for m in matches:
+        where = f"term {m.term!r} ({m.loss} student {m.student} <- teacher {m.teacher})"
+        if m.loss not in LOSSES:
+            raise InputError(f"{where}: unknown loss {m.loss!r}; use one of {sorted(LOSSES)}")
+        lowest = 0 if m.loss in HIDDEN_LOSSES else 1
+        if m.loss not in LOGIT_LOSSES and not (lowest <= m.student <= student.num_hidden_layers and
+                                               lowest <= m.teacher <= teacher.num_hidden_layers):
+            raise InputError(f"{where}: layers must be in {lowest}..{student.num_hidden_layers} (student) and "
+                             f"{lowest}..{teacher.num_hidden_layers} (teacher)")
+        if m.loss == "hidden_cos" and student.hidden_size != teacher.hidden_size:
+            raise InputError(f"{where}: cosine needs equal widths, student {student.hidden_size} vs teacher "
+                             f"{teacher.hidden_size}; use hidden_mse (projected) instead")
+        if m.loss in ("attention_mse", "attention_kl", "value_relation_kl") and \
+                student.num_attention_heads != teacher.num_attention_heads:
+            raise InputError(f"{where}: compares head by head, student {student.num_attention_heads} heads vs "
+                             f"teacher {teacher.num_attention_heads}; use qkv_relation_kl (MiniLMv2) for any "
+                             f"head count")
+        if m.loss == "qkv_relation_kl" and (student.hidden_size % relation_heads or
+                                            teacher.hidden_size % relation_heads):
+            raise InputError(f"{where}: loss.relation_heads={relation_heads} must divide both widths "
+                             f"(student {student.hidden_size}, teacher {teacher.hidden_size})")
+        if m.loss in ("logits_soft_ce", "logits_kl") and not (student.mlm_head and teacher.mlm_head):
+            raise InputError(f"{where}: distils MLM logits: the teacher checkpoint needs its MLM head "
+                             f"(cls.predictions) and the student an MLM head (student.mlm_head=True)")
+        if m.loss == "mlm_ce" and not student.mlm_head:
+            raise InputError(f"{where}: needs a student MLM head (student.mlm_head=True)")
+
+
+def teacher_layers_needed(matches: tuple[Match, ...], teacher: BertConfig) -> tuple[int, tuple[int, ...]]:
+    """(how many teacher layers must run, the 1-based layers whose outputs the terms read)."""
+    if uses_teacher_logits(matches):
+        depth = teacher.num_hidden_layers  # the MLM head reads the last layer
+    else:
+        depth = max([m.teacher for m in matches if m.loss not in LOGIT_LOSSES] + [0])
+    layers = sorted({m.teacher for m in matches if m.loss not in LOGIT_LOSSES and m.teacher > 0})
+    return depth, tuple(layers)
+
+
+def uses_masking(matches: tuple[Match, ...]) -> bool:
+    return any(m.loss == "mlm_ce" for m in matches)
+
+
+def uses_teacher_logits(matches: tuple[Match, ...]) -> bool:
+    return any(m.loss in ("logits_soft_ce", "logits_kl") for m in matches)
+
+
+def uses_projection(matches: tuple[Match, ...]) -> bool:
+    return any(m.loss == "hidden_mse" for m in matches)
+
+
+def resolve_matches(loss_config, layer_map: Optional[LayerMap], student: BertConfig, teacher: BertConfig
+                    ) -> tuple[Match, ...]:
+    """The checked terms of `loss.preset` (or `loss.matches` for custom)."""
+    preset = loss_config.preset
+    if preset not in PRESETS:
+        raise InputError(f"loss.preset={preset!r}; use one of {PRESETS}")
+    if preset == "custom":
+        matches = parse_matches(loss_config.matches)
+    else:
+        matches = preset_matches(preset, dict(loss_config.weights), layer_map, student, teacher,
+                                 int(loss_config.relation_layer))
+    check_matches(matches, student, teacher, int(loss_config.relation_heads))
+    return matches
