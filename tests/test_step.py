@@ -71,3 +71,33 @@ def test_losses_fall_and_metrics_are_reported(mode, opt):
     total = sum(history[0][name] for name in ("embedding", "attention", "hidden", "prediction"))
     np.testing.assert_allclose(history[0]["loss"], total, rtol=1e-6)
     assert history[0]["grad_norm"] > 0 and history[0]["learning_rate"] == pytest.approx(3e-3)
+
+
+@pytest.mark.parametrize("preset, student", [
+    ("minilm_v1", STUDENT.replace(num_attention_heads=4)),
+    ("minilm_v2", STUDENT.replace(num_attention_heads=2)),  # head count differs from the teacher's 4
+    ("distilbert", TEACHER.replace(num_hidden_layers=2)),  # cosine needs the teacher's width
+])
+def test_every_recipe_runs_on_the_same_step_and_learns(preset, student):
+    from tinybert_jax.distill.matches import preset_matches
+    from tinybert_jax.distill.step import DistillSpec
+
+    # Without the masked-LM term here: it pulls the student away from this random teacher's near-uniform logits
+    # (the masking itself runs in test_recipes.py and test_mlm.py).
+    matches = preset_matches(preset, {"mlm": 0.0}, None, student, TEACHER)
+    teacher_cfg, teacher_params = trim_teacher(TEACHER, init_params(TEACHER, jax.random.PRNGKey(1)), 4,
+                                               preset == "distilbert")
+    spec = DistillSpec(student, teacher_cfg, matches, relation_heads=4, temperature=2.0)
+    tx, schedule = make_optimizer(optimizer_config(), 100)
+    state, _ = create_state(lambda rng: init_trainable(spec, rng), tx, 0, sharding.make_mesh(-1, 1), [])
+    step = jax.jit(make_distill_step(spec, tx, schedule))
+    batch = dict(zip(("input_ids", "token_type_ids", "attention_mask"),
+                     (jnp.asarray(x, jnp.int32) for x in padded_batch(50, batch=4, length=12))))
+    history = []
+    for _ in range(40):
+        state, metrics = step(state, teacher_params, batch)
+        history.append({name: float(value) for name, value in metrics.items()})
+    terms = {m.term for m in matches}
+    assert terms <= set(history[0]) and all(np.isfinite(h["loss"]) for h in history)
+    for term in terms:
+        assert np.mean([h[term] for h in history[-5:]]) < 0.7 * np.mean([h[term] for h in history[:5]]), term

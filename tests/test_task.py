@@ -124,3 +124,21 @@ def test_teacher_with_the_wrong_label_count(finetuned, tmp_path):
     assert result.returncode != 0
     assert "needs 2" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "w" / "export").exists()
+
+
+def test_task_stage1_with_minilm_v2_relations(finetuned):
+    root, data, _ = finetuned
+    student = save_model(root / "student_minilm", "BertModel", hidden_size=16, intermediate_size=24,
+                         num_attention_heads=2)  # the teacher has 4 heads: relations do not care
+    workdir = root / "distilled_minilm"
+    result = run_main("task", workdir, f"--config.data.source={data}",
+                      f"--config.teacher.path={root / 'teacher' / 'export'}", f"--config.student.init={student}",
+                      "--config.augment.enabled=False", "--config.loss.preset=minilm_v2",
+                      "--config.loss.relation_heads=4", "--config.stage1.batch_size=16",
+                      "--config.stage1.num_epochs=3", "--config.stage1.optimizer.learning_rate=1e-3",
+                      "--config.stage2.batch_size=16", "--config.stage2.num_epochs=1", "--config.log.every_steps=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (workdir / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert "relations" in rows[0] and "attention" not in rows[0]
+    assert np.mean([r["relations"] for r in rows[-3:]]) < np.mean([r["relations"] for r in rows[:3]])
+    assert json.loads((workdir / "report.json").read_text())["student_score"] > 0
