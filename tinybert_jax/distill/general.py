@@ -43,8 +43,9 @@ def compute_dtype(config: ml_collections.ConfigDict) -> str:
 
 
 def distill_spec(config: ml_collections.ConfigDict, teacher: BertConfig, student: BertConfig,
-                 mask_id: int) -> tuple[DistillSpec, int]:
-    """The spec of the configured recipe (its teacher not yet trimmed) and the teacher depth the terms need."""
+                 mask_id: Optional[int]) -> tuple[DistillSpec, int]:
+    """The spec of the configured recipe (its teacher not yet trimmed) and the teacher depth the terms need;
+    `mask_id` is the tokenizer's [MASK] id (None: it has none)."""
     if config.loss.mode not in MODES:
         raise InputError(f"loss.mode={config.loss.mode!r}; use one of {MODES}")
     if config.data.seq_len > teacher.max_position_embeddings:
@@ -54,6 +55,9 @@ def distill_spec(config: ml_collections.ConfigDict, teacher: BertConfig, student
     if config.loss.preset == "tinybert":
         layer_map = resolve_layer_map(config.layer_map, teacher.num_hidden_layers, student.num_hidden_layers)
     matches = resolve_matches(config.loss, layer_map, student, teacher)
+    if uses_masking(matches) and mask_id is None:
+        raise InputError(f"teacher.path={config.teacher.path}: its tokenizer has no [MASK] token, which the "
+                         f"masked-LM term needs")
     spec = DistillSpec(student=student, teacher=teacher, matches=matches, mode=config.loss.mode,
                        temperature=config.loss.temperature, relation_heads=int(config.loss.relation_heads),
                        mask_id=mask_id if uses_masking(matches) else -1, mask_prob=config.loss.mask_prob)
@@ -87,10 +91,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     student_cfg, student_params = student_config(config, teacher_cfg, teacher_params)
     student_cfg = student_cfg.replace(dtype=compute_dtype(config))
     mask_id = prepare.load_tokenizer(str(teacher_dir)).mask_token_id
-    spec, depth = distill_spec(config, teacher_cfg, student_cfg, -1 if mask_id is None else mask_id)
-    if uses_masking(spec.matches) and mask_id is None:
-        raise InputError(f"teacher.path={config.teacher.path}: its tokenizer has no [MASK] token, which the "
-                         f"masked-LM term needs")
+    spec, depth = distill_spec(config, teacher_cfg, student_cfg, mask_id)
     # The frozen teacher is stored in the compute dtype too: nothing accumulates into it, and it halves its memory.
     teacher_cfg, teacher_params = trim_teacher(teacher_cfg, teacher_params, depth,
                                                keep_mlm_head=uses_teacher_logits(spec.matches), dtype=config.dtype)
@@ -120,11 +121,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                                config.loss.mask_smoothing)
     num_steps = total_steps(config, data_meta["count"])
     tx, schedule = make_optimizer(config.optimizer, num_steps)
-    state = train_intermediate(spec, teacher_params, student_params, data_iterator, mesh, rules, tx, schedule,
-                               config.seed, checkpoints, meta, workdir, token_weights=token_weights,
-                               settings=
+    state = train_distillation(spec, teacher_params, student_params, data_iterator, mesh, rules, tx, schedule,
+                               config.seed, checkpoints, meta, workdir,
                                LoopSettings(num_steps, config.train.batch_size, config.log.every_steps,
-                                            desc=f"general distillation ({config.loss.preset})"))
+                                            desc=f"general distillation ({config.loss.preset})"), token_weights)
 
     student_params = sharding.host_copy(state.params["student"])
     if distributed.is_leader():
@@ -133,7 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         logging.info("student exported to %s", workdir / "export")
 
 
-def train_intermediate(spec: DistillSpec, teacher_params: dict, student_params: dict | None, data_iterator,
+def train_distillation(spec: DistillSpec, teacher_params: dict, student_params: dict | None, data_iterator,
                        mesh: jax.sharding.Mesh, rules, tx, schedule, seed: int, checkpoints: RunCheckpoints,
                        meta: dict, workdir: Path, settings: LoopSettings,
                        token_weights: Optional[np.ndarray] = None) -> TrainState:

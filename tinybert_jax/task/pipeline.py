@@ -18,7 +18,7 @@ from absl import logging
 from tinybert_jax import convert, distributed, hf_checkpoint, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.data import augment, glue
-from tinybert_jax.distill.general import compute_dtype, run_meta, train_intermediate
+from tinybert_jax.distill.general import compute_dtype, run_meta, train_distillation
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.losses import MODES
 from tinybert_jax.distill.matches import LOGIT_LOSSES, resolve_matches, teacher_layers_needed
@@ -99,7 +99,7 @@ def stage1(config, task, teacher_cfg, teacher_params, student_cfg, student_param
     directory = workdir / "stage1"
     checkpoints = RunCheckpoints(directory / "checkpoints", keep=config.checkpoint.keep,
                                  every_steps=config.checkpoint.every_steps)
-    state = train_intermediate(spec, trimmed, common.encoder_params(student_params), iterator, mesh,
+    state = train_distillation(spec, trimmed, common.encoder_params(student_params), iterator, mesh,
                                config.mesh.rules, tx, schedule, config.seed, checkpoints,
                                run_meta(spec, int(train["input_ids"].shape[1])), directory,
                                LoopSettings(num_steps, stage.batch_size, config.log.every_steps,
