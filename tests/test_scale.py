@@ -170,3 +170,16 @@ def test_bfloat16_trains_and_starts_within_bf16_tolerance_of_float32(assets, ref
         assert bf16[1][term] != fp32[1][term], "the bf16 run must actually compute in bf16"
     start, end = np.mean([bf16[s]["loss"] for s in (1, 2, 3)]), np.mean([bf16[s]["loss"] for s in (18, 19, 20)])
     assert end < 0.8 * start, (start, end)
+
+
+def test_bad_input_on_process_0_stops_every_process(assets, tmp_path):
+    args = main_args(assets, tmp_path / "w", 10, f"--config.data.source={tmp_path / 'missing' / '*.txt'}",
+                     f"--config.data.prepared_dir={tmp_path / 'prepared'}")
+    result = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "--devices", "2", "--port", "12389",
+                             "--logs", str(tmp_path / "logs"), "--", *args],
+                            cwd=ROOT, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "missing" in result.stderr
+    other = (tmp_path / "logs" / "process_1.log").read_text().strip().splitlines()[-1]
+    assert other == "error: process 0 failed during prepare (its error is the last line of its log)"

@@ -11,6 +11,7 @@ import os
 from typing import Callable, Optional, TypeVar
 
 import jax
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -81,14 +82,21 @@ def is_leader() -> bool:
 
 def leader_first(name: str, work: Callable[[], Result]) -> Result:
     """Runs `work` on process 0 while the others wait, then on the others (which then find its output on the shared
-    filesystem and only check it): for data preparation, which must not run concurrently into one directory."""
+    filesystem and only check it): for data preparation, which must not run concurrently into one directory.
+    If process 0 fails with bad input, every process stops with an error instead of waiting for it."""
     if jax.process_count() == 1:
         return work()
     if is_leader():
-        result = work()
-        multihost_utils.sync_global_devices(name)
+        try:
+            result, failure = work(), None
+        except InputError as e:
+            result, failure = None, e
+        multihost_utils.broadcast_one_to_all(np.int32(failure is None))
+        if failure is not None:
+            raise failure
         return result
-    multihost_utils.sync_global_devices(name)
+    if not multihost_utils.broadcast_one_to_all(np.int32(0)):
+        raise InputError(f"process 0 failed during {name} (its error is the last line of its log)")
     return work()
 
 
