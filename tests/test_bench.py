@@ -66,3 +66,23 @@ def test_bad_model_size_is_one_line():
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --teacher='12,770,3072,12'")
+
+
+def test_step_of_the_distilbert_and_minilm_recipes(tmp_path):
+    base = ["--teacher=2,32,64,4", "--vocab=120", "--batch=4", "--seq-len=16", "--reps=2", "--warmup=1"]
+    runs = {"distilbert": ["--student=1,32,64,4"], "minilm_v2": ["--student=1,16,32,2", "--relation-heads=4"]}
+    for recipe, extra in runs.items():
+        out = tmp_path / f"{recipe}.json"
+        result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "step", f"--recipe={recipe}", *base,
+                                 *extra, f"--json={out}"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"step: general distillation ({recipe})" in result.stdout
+        report = json.loads(out.read_text())["step"]
+        assert report["recipe"] == recipe and report["examples_per_s"] > 0
+        if recipe == "distilbert":  # both encoders + both MLM heads (transform + decoder over 120 words), no W_h
+            t = 2 * (4 * 16 * 32 * 32 + 2 * 16 * 16 * 32 + 2 * 16 * 32 * 64) * 2 + 2 * 16 * (32 * 32 + 32 * 120)
+            s = 2 * (4 * 16 * 32 * 32 + 2 * 16 * 16 * 32 + 2 * 16 * 32 * 64) + 2 * 16 * (32 * 32 + 32 * 120)
+            assert report["flops_per_step"] == 4 * (t + 3 * s)
+    narrow = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "step", "--recipe=distilbert", *base,
+                             "--student=1,16,32,4"], cwd=ROOT, capture_output=True, text=True)
+    assert narrow.returncode == 2 and narrow.stderr.strip().splitlines()[-1].startswith("error: term 'cos'")

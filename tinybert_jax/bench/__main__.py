@@ -42,15 +42,15 @@ def fmt_range(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 def run_step(args, teacher, student, results) -> None:
     ceiling = matmul_ceiling(((1024, 768, 3072), (1024, 3072, 768), (1024, 768, 768)))
     r = step.bench_step(teacher, student, args.batch, args.seq_len, args.reps, args.warmup, ceiling["flops_per_s"],
-                        args.teacher_dtype)
+                        args.teacher_dtype, args.recipe, args.relation_heads)
     r["matmul_ceiling_flops_per_s"] = ceiling["flops_per_s"]
     results["step"] = r
     precision = "fp32" if args.teacher_dtype == "float32" else "bf16 teacher, fp32 student and losses"
-    print(table(f"step: general distillation, batch {args.batch} x seq {args.seq_len}, {precision}", [
+    print(table(f"step: general distillation ({args.recipe}), batch {args.batch} x seq {args.seq_len}, {precision}", [
         ("examples/s (median) [min, max]", f"{r['examples_per_s']:.2f} {fmt_range(r['examples_per_s_range'])}"),
         ("tokens/s", f"{r['tokens_per_s']:.0f}"),
         ("model FLOPs per step", f"{r['flops_per_step'] / 1e9:.1f} G (teacher fwd {r['teacher_layers_run']} "
-                                 f"layers + student fwd/bwd + projection)"),
+                                 f"layers + student fwd/bwd + projection / MLM heads)"),
         ("achieved FLOP/s", f"{r['achieved_flops_per_s'] / 1e9:.1f} G"),
         ("matmul ceiling (measured)", f"{ceiling['flops_per_s'] / 1e9:.1f} G"),
         ("fraction of ceiling", f"{r['fraction_of_matmul_ceiling']:.1%}"),
@@ -129,7 +129,11 @@ def run_augment(args, teacher, student, results) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tinybert_jax.bench", description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=("step", "inference", "data", "augment", "all"))
-    parser.add_argument("--vs-pytorch", action="store_true", help="step: also time the PyTorch reference")
+    parser.add_argument("--vs-pytorch", action="store_true", help="step: also time the PyTorch reference "
+                        "(tinybert recipe)")
+    parser.add_argument("--recipe", choices=("tinybert", "distilbert", "minilm_v1", "minilm_v2"), default="tinybert",
+                        help="step: the distillation terms (distilbert adds MLM heads and in-step masking)")
+    parser.add_argument("--relation-heads", type=int, default=48, help="step: MiniLMv2 relation heads")
     parser.add_argument("--teacher", default="12,768,3072,12", help="layers,hidden,ffn,heads (BERT-base)")
     parser.add_argument("--student", default="4,312,1200,12", help="layers,hidden,ffn,heads (TinyBERT4)")
     parser.add_argument("--vocab", type=int, default=30522)
@@ -160,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         teacher = model_size(args.teacher, args.vocab, "teacher")
         student = model_size(args.student, args.vocab, "student")
+        if args.vs_pytorch and args.recipe != "tinybert":
+            raise InputError(f"--vs-pytorch has a PyTorch reference for the tinybert recipe only, not {args.recipe}")
+        if args.benchmark in ("step", "all"):
+            step.recipe_spec(args.recipe, teacher, student, args.relation_heads)  # sizes unfit for the recipe
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """`step`: general-distillation step throughput, FLOPs and the fraction of the matmul ceiling it reaches."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -11,12 +12,15 @@ from tinybert_jax import sharding
 from tinybert_jax.bench.timing import encoder_flops, time_calls
 from tinybert_jax.distill.general import init_trainable
 from tinybert_jax.distill.layer_map import resolve_layer_map
+from tinybert_jax.distill.matches import (check_matches, preset_matches, teacher_layers_needed, uses_masking,
+                                         uses_teacher_logits)
 from tinybert_jax.distill.step import DistillSpec, make_distill_step, tinybert_spec, trim_teacher
 from tinybert_jax.models.bert import BertConfig, init_params
 from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.state import create_state
 
 WEIGHTS = (("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0))
+MASK_ID = 4  # random_batch draws ids from 5 up, so [MASK] and the other specials are below
 ADAMW = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-4, schedule="linear", warmup_ratio=0.1,
                                        b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
 
@@ -30,37 +34,63 @@ def random_batch(vocab_size: int, batch: int, seq_len: int, seed: int = 0) -> di
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones((batch, seq_len), np.int32)}
 
 
+def mlm_head_flops(cfg: BertConfig, seq_len: int) -> float:
+    """The masked-LM head's forward matmuls per sequence (transform + decoder over the vocabulary), 0 without one."""
+    return 2.0 * seq_len * (cfg.hidden_size ** 2 + cfg.hidden_size * cfg.vocab_size) if cfg.mlm_head else 0.0
+
+
 def step_flops(spec: DistillSpec, seq_len: int) -> float:
     """Model FLOPs per example: teacher forward over the layers it runs, student forward + backward (3x forward),
-    and the hidden projection (forward + backward) on every mapped hidden state."""
-    student = encoder_flops(spec.student, seq_len)
-    teacher = encoder_flops(spec.teacher, seq_len)
+    the MLM heads where the recipe uses logits, and the hidden projection (forward + backward) on every projected
+    hidden state. The loss terms' own products (attention and relation scores) are not counted."""
+    student = encoder_flops(spec.student, seq_len) + mlm_head_flops(spec.student, seq_len)
+    teacher = encoder_flops(spec.teacher, seq_len) + mlm_head_flops(spec.teacher, seq_len)
     projected = sum(match.loss == "hidden_mse" for match in spec.matches)
     projection = 2 * seq_len * spec.student.hidden_size * spec.teacher.hidden_size * projected
     return teacher + 3 * (student + projection)
 
 
-def build_step(teacher: BertConfig, student: BertConfig, teacher_dtype: str = "float32"):
+def recipe_spec(recipe: str, teacher: BertConfig, student: BertConfig, relation_heads: int) -> DistillSpec:
+    """The spec of a recipe preset with its default weights (TinyBERT: the general stage's three terms); its
+    teacher is not trimmed yet."""
+    if recipe == "tinybert":
+        layer_map = resolve_layer_map("uniform", teacher.num_hidden_layers, student.num_hidden_layers)
+        return tinybert_spec(student, teacher, layer_map, "tinybert", dict(WEIGHTS))
+    if recipe == "distilbert":  # the MLM heads and in-step masking come with the recipe
+        teacher, student = teacher.replace(mlm_head=True), student.replace(mlm_head=True)
+    matches = preset_matches(recipe, {}, None, student, teacher)
+    check_matches(matches, student, teacher, relation_heads)
+    return DistillSpec(student, teacher, matches, relation_heads=relation_heads, temperature=2.0,
+                       mask_id=MASK_ID if uses_masking(matches) else -1)
+
+
+def build_step(teacher: BertConfig, student: BertConfig, teacher_dtype: str = "float32", recipe: str = "tinybert",
+               relation_heads: int = 48):
     """(compiled-on-first-call step, state, teacher params, spec) on a mesh over all local devices."""
-    layer_map = resolve_layer_map("uniform", teacher.num_hidden_layers, student.num_hidden_layers)
-    teacher_params = init_params(teacher, jax.random.PRNGKey(1))
-    teacher_cfg, teacher_params = trim_teacher(teacher, teacher_params, layer_map.teacher_depth, False,
-                                               dtype=teacher_dtype)
-    spec = tinybert_spec(student, teacher_cfg, layer_map, "tinybert", dict(WEIGHTS))
+    spec = recipe_spec(recipe, teacher, student, relation_heads)
+    teacher_params = init_params(spec.teacher, jax.random.PRNGKey(1))
+    teacher_cfg, teacher_params = trim_teacher(spec.teacher, teacher_params,
+                                               teacher_layers_needed(spec.matches, spec.teacher)[0],
+                                               uses_teacher_logits(spec.matches), dtype=teacher_dtype)
+    spec = dataclasses.replace(spec, teacher=teacher_cfg)
+    student = spec.student
+    token_weights = np.ones(student.vocab_size, np.float32)
+    token_weights[:MASK_ID + 1] = 0  # the benchmark's ids start above the special tokens
     tx, schedule = make_optimizer(ADAMW, 1000)
     mesh = sharding.make_mesh(-1, 1)
     state, state_shardings = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, [])
     teacher_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), teacher_params)
     teacher_params = sharding.put_sharded(teacher_params, teacher_shardings)
-    step = sharding.compile_step(make_distill_step(spec, tx, schedule), mesh, [],
+    step = sharding.compile_step(make_distill_step(spec, tx, schedule, token_weights), mesh, [],
                                  in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh)),
                                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
     return step, state, teacher_params, spec, mesh
 
 
 def bench_step(teacher: BertConfig, student: BertConfig, batch: int, seq_len: int, reps: int, warmup: int,
-               ceiling_flops_per_s: float, teacher_dtype: str = "float32") -> dict:
-    step, state, teacher_params, spec, mesh = build_step(teacher, student, teacher_dtype)
+               ceiling_flops_per_s: float, teacher_dtype: str = "float32", recipe: str = "tinybert",
+               relation_heads: int = 48) -> dict:
+    step, state, teacher_params, spec, mesh = build_step(teacher, student, teacher_dtype, recipe, relation_heads)
     host_batch = random_batch(teacher.vocab_size, batch, seq_len)
     device_batch = sharding.global_batch(host_batch, mesh)
 
@@ -77,8 +107,8 @@ def bench_step(teacher: BertConfig, student: BertConfig, batch: int, seq_len: in
     timing = time_calls(one_step, reps=reps, warmup=warmup)
     flops = step_flops(spec, seq_len) * batch
     achieved = flops / timing.median
-    return {"teacher_dtype": teacher_dtype, "teacher_layers_run": spec.teacher.num_hidden_layers, "batch": batch,
-            "seq_len": seq_len,
+    return {"recipe": recipe, "teacher_dtype": teacher_dtype, "teacher_layers_run": spec.teacher.num_hidden_layers,
+            "batch": batch, "seq_len": seq_len,
             "examples_per_s": batch / timing.median, "examples_per_s_range": [batch / timing.max, batch / timing.min],
             "tokens_per_s": batch * seq_len / timing.median, "step_s": timing.median,
             "flops_per_step": flops, "achieved_flops_per_s": achieved,
