@@ -74,4 +74,7 @@ def test_distributed_settings_errors(tmp_path):
                              env={**os.environ, "JAX_COORDINATOR_ADDRESS": "127.0.0.1:12399",
                                   "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
     assert bad_env.stderr.strip().splitlines()[-1] == "error: JAX_NUM_PROCESSES='two' is not a non-negative integer"
+    not_a_cluster = run_main(f"--workdir={tmp_path}", "--distributed=on")
+    assert not_a_cluster.stderr.strip().splitlines()[-1].startswith(
+        "error: cannot join the distributed runtime at the auto-detected coordinator: ")
     assert not any(tmp_path.iterdir()), "nothing is written"

@@ -67,10 +67,15 @@ def initialize(settings: ClusterSettings) -> None:
         raise InputError(f"process id {settings.process_id} is not in [0, {settings.num_processes})")
     # CPU processes need a collectives backend to talk to each other; accelerators ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if explicit:
-        jax.distributed.initialize(settings.coordinator_address, settings.num_processes, settings.process_id)
-    else:
-        jax.distributed.initialize()
+    try:
+        if explicit:
+            jax.distributed.initialize(settings.coordinator_address, settings.num_processes, settings.process_id)
+        else:
+            jax.distributed.initialize()
+    except (RuntimeError, ValueError) as e:
+        where = settings.coordinator_address or "the auto-detected coordinator"
+        raise InputError(f"cannot join the distributed runtime at {where}: {str(e).strip().splitlines()[0]} "
+                         f"(check the coordinator address, process count and id, or use --distributed=off)") from e
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
 
