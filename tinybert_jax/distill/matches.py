@@ -27,7 +27,6 @@ LOSSES = {
     "mlm_ce": "the student's masked-LM cross-entropy on the masked positions; needs no teacher (DistilBERT)",
 }
 HIDDEN_LOSSES = ("hidden_mse", "hidden_cos")
-LAYER_LOSSES = ("attention_mse", "attention_kl", "value_relation_kl", "qkv_relation_kl")
 LOGIT_LOSSES = ("logits_soft_ce", "logits_kl", "mlm_ce")
 PRESETS = ("tinybert", "distilbert", "minilm_v1", "minilm_v2", "custom")
 # preset -> its terms and their default weights (loss.weights.TERM overrides)
@@ -134,10 +133,6 @@ def uses_masking(matches: tuple[Match, ...]) -> bool:
 
 def uses_teacher_logits(matches: tuple[Match, ...]) -> bool:
     return any(m.loss in ("logits_soft_ce", "logits_kl") for m in matches)
-
-
-def uses_projection(matches: tuple[Match, ...]) -> bool:
-    return any(m.loss == "hidden_mse" for m in matches)
 
 
 def resolve_matches(loss_config, layer_map: Optional[LayerMap], student: BertConfig, teacher: BertConfig

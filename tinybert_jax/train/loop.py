@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 import jax
 import numpy as np
 
-from tinybert_jax import sharding
+from tinybert_jax import distributed, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.train.metrics import MetricsWriter, progress_bar
 from tinybert_jax.train.preemption import Preempted, StopRequests
@@ -36,7 +36,7 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
     end, before that step's checkpoint.
     """
     start = int(jax.device_get(state.step))
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(workdir, enabled=distributed.is_leader())
     bar = progress_bar(settings.num_steps, start, settings.desc)
     last_log_step, last_log_time = start, time.perf_counter()
     with StopRequests() as stop_requests:

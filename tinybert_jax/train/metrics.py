@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import tqdm
+
+from tinybert_jax import distributed
 
 
 class MetricsWriter:
@@ -37,4 +38,4 @@ class MetricsWriter:
 def progress_bar(total: int, initial: int, desc: str) -> tqdm.tqdm:
     """Steps with rate and ETA; silent on processes other than 0."""
     return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                     disable=jax.process_index() != 0)
+                     disable=not distributed.is_leader())
