@@ -18,6 +18,8 @@ NAMES = ("adamw", "bert_adam")
 SCHEDULES = ("linear", "constant", "cosine")
 # Weight decay applies to matrices and embedding tables only: not to biases or LayerNorm scales (BERT's rule).
 _DECAYED_LEAVES = ("kernel", "embedding")
+# The models stack every per-layer parameter on a leading axis under this key (tinybert_jax/models/bert.py).
+_STACKED_LAYERS_KEY = "layers"
 
 
 def decay_mask(params: Any) -> Any:
@@ -62,13 +64,28 @@ def scale_by_adam_without_bias_correction(b1: float, b2: float, eps: float) -> o
     return optax.GradientTransformation(init, update)
 
 
+def _is_stacked_layers(path) -> bool:
+    return any(getattr(key, "key", None) == _STACKED_LAYERS_KEY for key in path)
+
+
+def _clip_tensor(grad: jax.Array, max_norm: float, stacked: bool) -> jax.Array:
+    # A stacked leaf [L, ...] holds L of the original model's tensors: each layer slice gets its own norm.
+    axes = tuple(range(1, grad.ndim)) if stacked else None
+    norm = jnp.sqrt(jnp.sum(jnp.square(grad), axis=axes, keepdims=stacked))
+    return grad * jnp.minimum(1.0, max_norm / (norm + 1e-6))
+
+
 def clip_each_tensor_by_norm(max_norm: float) -> optax.GradientTransformation:
-    """Clips every gradient tensor to L2 norm <= max_norm on its own (torch's clip_grad_norm_ per parameter)."""
+    """Clips every gradient tensor to L2 norm <= max_norm on its own (torch's clip_grad_norm_ per parameter).
+
+    Per-layer parameters are stacked under the 'layers' key ([L, ...] per leaf), so such a leaf is clipped one
+    layer slice at a time, as BertAdam clips each layer's tensor in the original BERT/TinyBERT code.
+    """
 
     def update(grads, state, params=None):
         del params
-        clip = lambda g: g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g.ravel()) + 1e-6))
-        return jax.tree.map(clip, grads), state
+        clip = lambda path, g: _clip_tensor(g, max_norm, _is_stacked_layers(path))
+        return jax.tree_util.tree_map_with_path(clip, grads), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
