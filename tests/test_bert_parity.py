@@ -1,4 +1,6 @@
 """Flax forward vs transformers' PyTorch BERT on padded batches: hidden states, attention, pooled output, logits."""
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,8 @@ import pytest
 
 from conftest import padded_batch, torch_outputs
 from tinybert_jax.convert import load_hf_bert
-from tinybert_jax.models.bert import MASK_BIAS, Bert
+from tinybert_jax.distill.step import trim_teacher
+from tinybert_jax.models.bert import MASK_BIAS, Bert, BertConfig, init_params
 
 SIZES = {
     "h32": dict(),
@@ -101,3 +104,73 @@ def test_bfloat16_compute_stays_close_to_float32(hf_checkpoint):
     assert all(x.dtype == jnp.float32 for x in bf16.hidden_states + bf16.attention_scores + (bf16.logits,))
     assert not np.array_equal(np.asarray(bf16.logits), np.asarray(fp32.logits))
     np.testing.assert_allclose(np.asarray(bf16.logits), np.asarray(fp32.logits), atol=0.1)
+
+
+BF16_COMPUTE = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=37, max_position_embeddings=16, num_labels=3, dtype="bfloat16")
+
+
+def perturbed(path, x, zero_kernels=False):
+    """Embedding tables exactly representable in bfloat16 (so storing them in bfloat16 changes nothing), LayerNorm
+    parameters and biases that are not (so any bfloat16 rounding of them shows), kernels random or zero."""
+    rng = np.random.RandomState(zlib.crc32(jax.tree_util.keystr(path).encode()))
+    name = path[-1].key
+    if name == "embedding":
+        return np.asarray(jnp.asarray(rng.randn(*x.shape), jnp.bfloat16).astype(jnp.float32))
+    if name == "kernel":
+        return np.zeros(x.shape, np.float32) if zero_kernels else np.asarray(x)
+    return ((1.0 if name == "scale" else 0.0) + 0.5 * rng.randn(*x.shape)).astype(np.float32)
+
+
+def bfloat16_model(stored: str, zero_kernels: bool = False):
+    """(config, params to run, their float32 originals) for bfloat16 compute, parameters stored as a trainable
+    student stores them (float32) or as the frozen bfloat16 teacher does (trim_teacher)."""
+    originals = jax.tree_util.tree_map_with_path(lambda path, x: perturbed(path, x, zero_kernels),
+                                                 init_params(BF16_COMPUTE, jax.random.key(0)))
+    if stored == "float32":
+        return BF16_COMPUTE, originals, originals
+    return (*trim_teacher(BF16_COMPUTE, originals, BF16_COMPUTE.num_hidden_layers, False, dtype="bfloat16"),
+            originals)
+
+
+def numpy_layer_norm(x, norm, eps):
+    x = np.asarray(x, np.float64)
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * norm["scale"] + norm["bias"]
+
+
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
+def test_bfloat16_embedding_sum_and_layer_norm_stay_float32(stored):
+    """LayerNorm(word + position + type) in float32 precision: the rows of bfloat16 tables are summed in float32."""
+    cfg, params, originals = bfloat16_model(stored)
+    ids, token_types, mask = padded_batch(cfg.vocab_size)
+    out = flax_forward(cfg, params, ids, token_types, mask)
+
+    emb = jax.tree.map(lambda x: np.asarray(x, np.float64), originals["embeddings"])
+    summed = (emb["word_embeddings"]["embedding"][ids] + emb["position_embeddings"]["embedding"][:ids.shape[1]]
+              + emb["token_type_embeddings"]["embedding"][token_types])
+    expected = numpy_layer_norm(summed, emb["LayerNorm"], cfg.layer_norm_eps)
+    assert out.hidden_states[0].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out.hidden_states[0]), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
+def test_bfloat16_biases_are_added_in_float32(stored):
+    """With every kernel zero each dense layer outputs its bias: a layer is LN2(LN1(h + attention-output bias) +
+    output bias), the pooler tanh(its bias), the classifier its bias, each exact in float32."""
+    cfg, params, originals = bfloat16_model(stored, zero_kernels=True)
+    ids, token_types, mask = padded_batch(cfg.vocab_size)
+    out = flax_forward(cfg, params, ids, token_types, mask)
+
+    hidden = np.asarray(out.hidden_states[0], np.float64)
+    for index in range(cfg.num_hidden_layers):
+        layer = jax.tree.map(lambda x: np.asarray(x[index], np.float64), originals["layers"])
+        hidden = numpy_layer_norm(hidden + layer["attention_output"]["bias"], layer["attention_norm"],
+                                  cfg.layer_norm_eps)
+        hidden = numpy_layer_norm(hidden + layer["output"]["bias"], layer["output_norm"], cfg.layer_norm_eps)
+        np.testing.assert_allclose(np.asarray(out.hidden_states[index + 1]), hidden, atol=1e-5, rtol=0)
+    if stored == "float32":  # the trimmed teacher has neither pooler nor classifier
+        pooled = np.tanh(np.asarray(originals["pooler"]["bias"], np.float64))
+        np.testing.assert_allclose(np.asarray(out.pooled_output), np.broadcast_to(pooled, (3, cfg.hidden_size)),
+                                   atol=1e-6, rtol=0)
+        logits = np.broadcast_to(originals["classifier"]["bias"], (3, cfg.num_labels))
+        np.testing.assert_array_equal(np.asarray(out.logits), logits)

@@ -1,4 +1,5 @@
 """The fused distillation step in-process: frozen teacher, falling losses, metrics, optimizers."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,7 +11,7 @@ from tinybert_jax import sharding
 from tinybert_jax.distill.general import init_trainable
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.step import make_distill_step, tinybert_spec, trim_teacher
-from tinybert_jax.models.bert import BertConfig, init_params
+from tinybert_jax.models.bert import BertConfig, abstract_params, init_params
 from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.state import create_state
 
@@ -26,13 +27,14 @@ def optimizer_config(name="adamw", lr=3e-3):
 
 
 def setup(weights=(("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0)), mode="tinybert", opt="adamw",
-          layer_map="uniform"):
+          layer_map="uniform", dtype="float32"):
     teacher_params = init_params(TEACHER, jax.random.PRNGKey(1))
     lm = resolve_layer_map(layer_map, TEACHER.num_hidden_layers, STUDENT.num_hidden_layers)
     predict = "prediction" in dict(weights)
     teacher_cfg, teacher_params = trim_teacher(TEACHER, teacher_params,
-                                               TEACHER.num_hidden_layers if predict else lm.teacher_depth, predict)
-    spec = tinybert_spec(STUDENT, teacher_cfg, lm, mode, dict(weights), temperature=1.0)
+                                               TEACHER.num_hidden_layers if predict else lm.teacher_depth, predict,
+                                               dtype=dtype)
+    spec = tinybert_spec(STUDENT.replace(dtype=dtype), teacher_cfg, lm, mode, dict(weights), temperature=1.0)
     tx, schedule = make_optimizer(optimizer_config(opt), 100)
     mesh = sharding.make_mesh(-1, 1)
     state, _ = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, [])
@@ -54,10 +56,26 @@ def test_teacher_frozen_and_trimmed():
     assert int(state.step) == 3
 
 
-@pytest.mark.parametrize("mode,opt", [("tinybert", "bert_adam"), ("masked", "adamw")])
-def test_losses_fall_and_metrics_are_reported(mode, opt):
+def test_bfloat16_teacher_stores_only_its_matrices_in_bfloat16():
+    """Kernels and embedding tables bfloat16; LayerNorm parameters and biases float32, as abstract_params (which
+    the teacher's shardings are built from) declares them."""
+    cfg, params = trim_teacher(TEACHER, init_params(TEACHER, jax.random.PRNGKey(1)), TEACHER.num_hidden_layers,
+                               keep_mlm_head=True, dtype="bfloat16")
+    dtypes = {jax.tree_util.keystr(path): (path[-1].key, x.dtype)
+              for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    assert {name for name, _ in dtypes.values()} == {"embedding", "kernel", "scale", "bias"}
+    for where, (name, dtype) in dtypes.items():
+        assert dtype == (jnp.bfloat16 if name in ("embedding", "kernel") else jnp.float32), where
+    declared = nn.meta.unbox(abstract_params(cfg))
+    assert {jax.tree_util.keystr(path): (path[-1].key, x.dtype)
+            for path, x in jax.tree_util.tree_leaves_with_path(declared)} == dtypes
+
+
+@pytest.mark.parametrize("mode,opt,dtype", [("tinybert", "bert_adam", "float32"), ("masked", "adamw", "float32"),
+                                            ("tinybert", "adamw", "bfloat16")])
+def test_losses_fall_and_metrics_are_reported(mode, opt, dtype):
     weights = (("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0), ("prediction", 1.0))
-    spec, step, state, teacher_params, batch = setup(weights, mode, opt)
+    spec, step, state, teacher_params, batch = setup(weights, mode, opt, dtype=dtype)
     history = []
     for _ in range(30):
         state, metrics = step(state, teacher_params, batch)
@@ -71,6 +89,7 @@ def test_losses_fall_and_metrics_are_reported(mode, opt):
     total = sum(history[0][name] for name in ("embedding", "attention", "hidden", "prediction"))
     np.testing.assert_allclose(history[0]["loss"], total, rtol=1e-6)
     assert history[0]["grad_norm"] > 0 and history[0]["learning_rate"] == pytest.approx(3e-3)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))  # trainable: float32 always
 
 
 @pytest.mark.parametrize("preset, student", [

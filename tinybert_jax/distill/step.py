@@ -13,7 +13,7 @@ from tinybert_jax.distill import losses
 from tinybert_jax.distill.layer_map import LayerMap
 from tinybert_jax.distill.matches import PRESET_WEIGHTS, Match, preset_matches, teacher_layers_needed
 from tinybert_jax.distill.projection import HiddenProjection
-from tinybert_jax.models.bert import Bert, BertConfig, unstack_layers
+from tinybert_jax.models.bert import Bert, BertConfig, cast_to_param_dtypes, unstack_layers
 from tinybert_jax.train.mlm import mask_tokens_weighted
 from tinybert_jax.train.state import TrainState
 
@@ -132,8 +132,9 @@ def trim_teacher(cfg: BertConfig, params: dict, depth: int, keep_mlm_head: bool,
                  dtype: str = "float32") -> tuple[BertConfig, dict]:
     """Only the first `depth` layers (and the MLM head if the prediction loss needs it): nothing else is run.
 
-    `dtype` "bfloat16" stores and runs the frozen teacher in bfloat16 (twice the matmul rate on CPUs with
-    AVX512-BF16 and on accelerators); its scores, softmax and the losses stay float32.
+    `dtype` "bfloat16" runs the frozen teacher's matrix products on bfloat16 inputs (twice the matmul rate on CPUs
+    with AVX512-BF16 and on accelerators) and stores its matrices (kernels, embedding tables) in bfloat16, half the
+    memory; its LayerNorm parameters and biases stay float32, as do its activations, scores and softmax.
     """
     if keep_mlm_head and depth != cfg.num_hidden_layers:
         raise ValueError("the MLM head reads the last layer; keep the full depth")
@@ -144,4 +145,4 @@ def trim_teacher(cfg: BertConfig, params: dict, depth: int, keep_mlm_head: bool,
     if keep_mlm_head:
         trimmed["mlm_head"] = params["mlm_head"]
     # Frozen, so stored layer by layer: no step then slices (copies) weights out of stacked arrays.
-    return unstack_layers(trimmed_cfg, jax.tree.map(lambda x: np.asarray(x).astype(jnp.dtype(dtype)), trimmed))
+    return unstack_layers(trimmed_cfg, cast_to_param_dtypes(trimmed_cfg, trimmed))

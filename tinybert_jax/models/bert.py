@@ -15,6 +15,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # TinyBERT distils scores with this additive mask; the value is part of the loss semantics (REFERENCE.md 1).
 MASK_BIAS = -10000.0
@@ -47,6 +48,7 @@ class BertConfig:
     hidden_act: str = "gelu"
     initializer_range: float = 0.02
     dtype: str = "float32"  # matmul input dtype; products accumulate in float32, everything else is float32
+    # Storage dtype of the matrices (kernels, embedding tables); LayerNorm parameters and biases are float32 always.
     param_dtype: str = "float32"
     pooler: bool = True  # BertModel / classifiers have one, BertForMaskedLM has none
     mlm_head: bool = False
@@ -101,24 +103,40 @@ class BertOutput:
 _MATMUL = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
 
 
-def _dense(cfg: BertConfig, features: int, axes: tuple, name: str) -> nn.Dense:
-    init = nn.initializers.normal(cfg.initializer_range)
-    return nn.Dense(features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name,
-                    dot_general=_MATMUL, kernel_init=nn.with_logical_partitioning(init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-1:]))
+class Dense(nn.Module):
+    """x @ kernel + bias: the product as _MATMUL, the bias float32 (stored and added).
+
+    Not nn.Dense: with a bfloat16 `dtype` it rounds the bias to bfloat16, and it stores the bias in the kernel's
+    dtype, where a bfloat16 teacher must keep its biases float32.
+    """
+
+    cfg: BertConfig
+    features: int
+    axes: tuple[str, str]  # logical names of the kernel's (input, output) axes
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range),
+                                                                   self.axes),
+                            (x.shape[-1], self.features), jnp.dtype(cfg.param_dtype))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes[-1:]),
+                          (self.features,), jnp.float32)
+        compute = jnp.dtype(cfg.dtype)
+        return _MATMUL(x.astype(compute), kernel.astype(compute), (((x.ndim - 1,), (0,)), ((), ()))) + bias
 
 
 def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
-                        param_dtype=jnp.dtype(cfg.param_dtype), name=name,
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
 
 
 def _embed(cfg: BertConfig, rows: int, row_axis: str, name: str) -> nn.Embed:
     init = nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), (row_axis, "embed"))
-    return nn.Embed(rows, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                    embedding_init=init, name=name)
+    # Looks rows up in the stored dtype: casting the gathered rows beats casting the whole table.
+    return nn.Embed(rows, cfg.hidden_size, dtype=jnp.dtype(cfg.param_dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype), embedding_init=init, name=name)
 
 
 class Embeddings(nn.Module):
@@ -135,8 +153,10 @@ class Embeddings(nn.Module):
 
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
         positions = jnp.arange(input_ids.shape[1])[None, :]
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-             + self.token_type_embeddings(token_type_ids))
+        # Summed in float32: the sum is no matrix product, and bfloat16 would round it before the LayerNorm.
+        rows = lambda table, ids: table(ids).astype(jnp.float32)
+        x = (rows(self.word_embeddings, input_ids) + rows(self.position_embeddings, positions)
+             + rows(self.token_type_embeddings, token_type_ids))
         return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
 
@@ -156,7 +176,7 @@ class BertLayer(nn.Module):
         # [batch, heads, T, head_dim]: with heads before T both attention matmuls are plain batched GEMMs; mixed
         # layouts (e.g. "bhqk,bkhd->bqhd") make XLA:CPU fall back to a slow loop, 3.5x slower per attention block.
         split = lambda x: x.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim).transpose(0, 2, 1, 3)
-        projections = tuple(_dense(cfg, cfg.hidden_size, ("embed", "heads"), name)(hidden)
+        projections = tuple(Dense(cfg, cfg.hidden_size, ("embed", "heads"), name=name)(hidden)
                             for name in ("query", "key", "value"))
         q, k, v = map(split, projections)
         # Scale q, not the scores: T/head_dim times fewer multiplies, and a Python float stays a scalar in XLA
@@ -171,12 +191,13 @@ class BertLayer(nn.Module):
         context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(compute), v.astype(compute),
                              preferred_element_type=jnp.float32)
         context = context.transpose(0, 2, 1, 3).reshape(batch * length, cfg.hidden_size)
-        attn = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_output")(context)
+        attn = Dense(cfg, cfg.hidden_size, ("heads", "embed"), name="attention_output")(context)
         attn = nn.Dropout(cfg.hidden_dropout_prob)(attn, deterministic=deterministic)
         hidden = _layer_norm(cfg, "attention_norm")(hidden + attn)
 
-        ffn = ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(hidden))
-        ffn = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(ffn)
+        ffn = Dense(cfg, cfg.intermediate_size, ("embed", "mlp"), name="intermediate")(hidden)
+        ffn = ACTIVATIONS[cfg.hidden_act](ffn)
+        ffn = Dense(cfg, cfg.hidden_size, ("mlp", "embed"), name="output")(ffn)
         ffn = nn.Dropout(cfg.hidden_dropout_prob)(ffn, deterministic=deterministic)
         hidden = _layer_norm(cfg, "output_norm")(hidden + ffn)
         hidden = nn.with_logical_constraint(hidden, ("batch", "hidden"))
@@ -191,13 +212,13 @@ class MlmHead(nn.Module):
     @nn.compact
     def __call__(self, hidden, word_embeddings: nn.Embed):
         cfg = self.cfg
-        x = ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "transform")(hidden))
+        x = ACTIVATIONS[cfg.hidden_act](Dense(cfg, cfg.hidden_size, ("embed", "embed_out"), name="transform")(hidden))
         x = _layer_norm(cfg, "transform_norm")(x)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-                          (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+                          (cfg.vocab_size,), jnp.float32)
         compute = jnp.dtype(cfg.dtype)
         table = word_embeddings.embedding.astype(compute)
-        return jnp.dot(x.astype(compute), table.T, preferred_element_type=jnp.float32) + bias.astype(jnp.float32)
+        return jnp.dot(x.astype(compute), table.T, preferred_element_type=jnp.float32) + bias
 
 
 class Bert(nn.Module):
@@ -210,18 +231,18 @@ class Bert(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.layers = self.param("layers", self._init_layers)
         if cfg.pooler:
-            self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
+            self.pooler = Dense(cfg, cfg.hidden_size, ("embed", "embed_out"), name="pooler")
         if cfg.mlm_head:
             self.mlm_head = MlmHead(cfg)
         if cfg.num_labels:
-            self.classifier = _dense(cfg, cfg.num_labels, ("embed", "labels"), "classifier")
+            self.classifier = Dense(cfg, cfg.num_labels, ("embed", "labels"), name="classifier")
             rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
             self.classifier_dropout = nn.Dropout(rate)
 
     def _init_layers(self, rng: jax.Array) -> Any:
         """Every layer's parameters stacked on a leading 'layers' axis: [L, ...] per leaf."""
         cfg = self.cfg
-        tokens = jnp.zeros((1, cfg.hidden_size), jnp.dtype(cfg.dtype))
+        tokens = jnp.zeros((1, cfg.hidden_size), jnp.float32)
         # parent=None: a free-standing module, initialised and applied with explicit parameters
         init_one = lambda key: BertLayer(cfg, parent=None).init(key, tokens, jnp.zeros((1, 1)), True)["params"]
         keys = jax.random.split(rng, cfg.num_hidden_layers)
@@ -301,7 +322,6 @@ class Bert(nn.Module):
             logits = self.mlm_head(hidden_states[-1], self.embeddings.word_embeddings)
         elif cfg.num_labels:
             logits = self.classifier(self.classifier_dropout(pooled, deterministic=deterministic))
-            logits = logits.astype(jnp.float32)
         return BertOutput(hidden_states=hidden_states, attention_scores=scores, projections=projections,
                           pooled_output=pooled, logits=logits)
 
@@ -338,6 +358,13 @@ def abstract_params(cfg: BertConfig) -> dict[str, Any]:
     """Shapes and dtypes of every parameter, boxed with their logical axis names; nothing is allocated."""
     ids = jnp.zeros((1, 8), jnp.int32)
     return jax.eval_shape(lambda: Bert(cfg).init(jax.random.key(0), ids, ids, ids))["params"]
+
+
+def cast_to_param_dtypes(cfg: BertConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` as numpy arrays in the dtypes `abstract_params(cfg)` declares: the matrices in cfg.param_dtype,
+    LayerNorm parameters and biases float32. (Leaves by position: `params` must have the model's structure.)"""
+    declared = nn.meta.unbox(abstract_params(cfg))
+    return jax.tree.map(lambda x, want: np.asarray(x).astype(want.dtype), params, declared)
 
 
 def param_logical_axes(cfg: BertConfig) -> dict[str, Any]:
