@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.pipeline = "general"
     c.seed = 0
     # Compute dtype of teacher and student matmuls ("float32" | "bfloat16"); they accumulate in float32, and
-    # trainable parameters, optimizer state, LayerNorm, softmax and losses stay float32.
+    # trainable parameters, optimizer state, the embedding sum, biases, LayerNorm, softmax and losses stay float32.
     c.dtype = "float32"
 
     # Pre-trained (not fine-tuned) BERT: HF directory or hub id. Its tokenizer prepares the data.
@@ -39,7 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
         # distilbert: ce, mlm, cos; minilm_v1: attention, value_relation; minilm_v2: relations
         weights=ml_collections.ConfigDict(dict(embedding=1.0, attention=1.0, hidden=1.0, prediction=0.0)),
         temperature=1.0,  # of the logit terms (prediction, ce)
-        matches=[],  # custom: "TERM LOSS STUDENT TEACHER WEIGHT" strings (README, "Distillation terms")
+        # custom: "TERM LOSS STUDENT TEACHER WEIGHT" strings (README, "Recipes"), a list or one string with ';'
+        # between entries. Typed `object` so that both are accepted: ml_collections overrides no list field from
+        # the command line, and a plain str field would refuse a list from an experiment file.
+        matches=ml_collections.FieldReference("", field_type=object),
         relation_heads=12,  # MiniLMv2 relation heads (must divide both widths; 48 for BERT-base per the paper)
         relation_layer=0,  # MiniLMv2 teacher layer (0: the last)
         mask_prob=0.15, mask_smoothing=0.7,  # the masked-LM term's dynamic masking (DistilBERT)

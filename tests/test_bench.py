@@ -1,4 +1,5 @@
 """Every benchmark runs at tiny sizes and reports sane, positive numbers (speed itself is not asserted)."""
+import importlib.metadata
 import json
 import math
 import subprocess
@@ -37,8 +38,21 @@ def test_all_benchmarks_at_tiny_sizes(tmp_path):
             2 * (4 * 16 * 16 * 16 + 2 * 16 * 16 * 16 + 2 * 16 * 16 * 32))
     projection = 2 * 16 * 16 * 32 * 2  # two mapped hidden states (embeddings + layer 1)
     assert step["flops_per_step"] == 4 * (t + 3 * (s + projection))
+    assert math.isclose(step["examples_per_s"], 4 / step["step_s"], rel_tol=1e-9)
+    assert math.isclose(step["achieved_flops_per_s"], step["flops_per_step"] / step["step_s"], rel_tol=1e-9)
     versus = report["step_vs_pytorch"]
-    assert versus["ratio"] == versus["jax_examples_per_s"] / versus["pytorch_examples_per_s"]
+    # the same weights and batch: the PyTorch reference computes our loss (dropout off, before any update)
+    assert math.isclose(versus["jax_loss_at_start"], versus["pytorch_loss_at_start"], rel_tol=1e-4)
+    for side in ("jax", "pytorch"):
+        low, high = versus[f"{side}_step_range_s"]
+        assert low <= versus[f"{side}_step_s"] <= high
+        assert math.isclose(versus[f"{side}_examples_per_s"], versus["batch"] / versus[f"{side}_step_s"],
+                            rel_tol=1e-9)
+    assert versus["batch"] == 4 and math.isclose(versus["ratio"], versus["pytorch_step_s"] / versus["jax_step_s"],
+                                                 rel_tol=1e-9)
+    machine = report["machine"]
+    assert machine["jax"] == importlib.metadata.version("jax") and machine["cpus"] >= 1
+    assert machine["platform"] and machine["devices"]
     inference = report["inference"]
     assert inference["teacher_params"] > inference["student_params"]
     assert set(inference["batches"]) == {"batch 4", "batch 1"}

@@ -100,6 +100,29 @@ def test_student_presets_and_declarative_terms():
         resolve_matches(loss, None, student.replace(hidden_size=16), teacher)
 
 
+def test_custom_terms_as_one_string():
+    listed = parse_matches(["hidden hidden_mse 2 6 1", "attention attention_mse 2 6 0.5"])
+    assert parse_matches("hidden hidden_mse 2 6 1; attention attention_mse 2 6 0.5;") == listed == (
+        Match("hidden", "hidden_mse", 2, 6, 1.0), Match("attention", "attention_mse", 2, 6, 0.5))
+    assert parse_matches("hidden hidden_mse 2 6 1") == listed[:1] and parse_matches("") == ()
+    with pytest.raises(InputError, match="^loss.matches entry 'attention attention_mse 2': write 'TERM LOSS "
+                                         "STUDENT TEACHER WEIGHT'") as error:
+        parse_matches("hidden hidden_mse 2 6 1; attention attention_mse 2")
+    assert "\n" not in str(error.value)
+    with pytest.raises(InputError, match="^loss.matches=12: write a list of .* or one string of them separated"):
+        parse_matches(12)  # what the command line gives for --config.loss.matches=12
+
+
+def test_custom_terms_from_the_command_line(assets):
+    workdir = assets["root"] / "custom"
+    result = run(assets, "general", workdir, 2, *SAME_WIDTH, "--config.loss.preset=custom",
+                 "--config.loss.matches=hidden hidden_mse 2 4 1; attention attention_mse 1 2 0.5")
+    assert ("distillation terms (student <- teacher): hidden: hidden_mse 2 <- 4 x 1, "
+            "attention: attention_mse 1 <- 2 x 0.5;") in result.stderr
+    history = metrics(workdir)
+    assert {"hidden", "attention"} <= set(history[2]) and "embedding" not in history[2]
+
+
 def test_distilbert_recipe_trains_and_exports_a_masked_lm(assets):
     workdir = assets["root"] / "distilbert"
     # A random start: a student copied from this random-init teacher would begin at ce ~ 0 and cos ~ 0, and the

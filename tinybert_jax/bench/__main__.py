@@ -67,6 +67,8 @@ def run_step(args, teacher, student, results) -> None:
             ("PyTorch examples/s", f"{v['pytorch_examples_per_s']:.2f} "
                                    f"({v['pytorch_fraction_of_ceiling']:.1%} of ceiling)"),
             ("ratio", f"{v['ratio']:.2f}x"),
+            ("loss at start, dropout off: ours / PyTorch", f"{v['jax_loss_at_start']:.6g} / "
+                                                            f"{v['pytorch_loss_at_start']:.6g}"),
             ("step seconds ours / PyTorch [min, max]", f"{fmt_range(v['jax_step_range_s'])} / "
                                                        f"{fmt_range(v['pytorch_step_range_s'])}"),
         ]))

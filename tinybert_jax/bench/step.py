@@ -14,8 +14,10 @@ from tinybert_jax.distill.general import init_trainable
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import (check_matches, preset_matches, teacher_layers_needed, uses_masking,
                                          uses_teacher_logits)
-from tinybert_jax.distill.step import DistillSpec, make_distill_step, tinybert_spec, trim_teacher
-from tinybert_jax.models.bert import BertConfig, init_params
+from tinybert_jax.convert import hf_state_dict
+from tinybert_jax.distill.step import (DistillSpec, distillation_losses, make_distill_step, tinybert_spec,
+                                       trim_teacher)
+from tinybert_jax.models.bert import Bert, BertConfig, init_params
 from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.state import create_state
 
@@ -116,6 +118,23 @@ def bench_step(teacher: BertConfig, student: BertConfig, batch: int, seq_len: in
             "reps": reps}
 
 
+def frozen_state_dict(cfg: BertConfig, params: dict) -> dict[str, np.ndarray]:
+    """The Hugging Face state dict of a frozen model, whose layers `trim_teacher` stored one by one."""
+    params = jax.device_get(params)
+    stacked = jax.tree.map(lambda *layers: np.stack(layers), *params["layers"])
+    return hf_state_dict(cfg.replace(stacked_layers=True), {**params, "layers": stacked})
+
+
+def loss_without_dropout(spec: DistillSpec, params: dict, teacher_params: dict, batch: dict) -> float:
+    """The step's distillation loss with dropout off and no update (what the PyTorch reference must match)."""
+    inputs = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    teacher_out = Bert(spec.teacher).apply({"params": teacher_params}, *inputs, deterministic=True,
+                                           output_layers=spec.teacher_output_layers)
+    student_out = Bert(spec.student).apply({"params": params["student"]}, *inputs, deterministic=True)
+    return float(distillation_losses(spec, student_out, teacher_out, params["projection"],
+                                     batch["attention_mask"])[0])
+
+
 def bench_step_vs_pytorch(teacher: BertConfig, student: BertConfig, batch: int, seq_len: int, reps: int,
                           warmup: int, teacher_dtype: str = "float32") -> dict:
     """Our step and the PyTorch reference on the same batch, timed alternately so both see the same machine."""
@@ -125,7 +144,13 @@ def bench_step_vs_pytorch(teacher: BertConfig, student: BertConfig, batch: int, 
     host_batch = random_batch(teacher.vocab_size, batch, seq_len)
     device_batch = sharding.global_batch(host_batch, mesh)
     layer_map = resolve_layer_map("uniform", teacher.num_hidden_layers, student.num_hidden_layers)
-    torch_step = build_torch_step(teacher, student, layer_map, host_batch)
+    params = jax.device_get(state.params)  # before the first step donates the state
+    reference = build_torch_step(spec.teacher, spec.student, layer_map, host_batch,
+                                 frozen_state_dict(spec.teacher, teacher_params),
+                                 hf_state_dict(spec.student, params["student"]), params["projection"]["dense"])
+    # Both start from the same weights on the same batch: equal losses show that they compute the same thing.
+    losses = {"jax_loss_at_start": loss_without_dropout(spec, params, teacher_params, device_batch),
+              "pytorch_loss_at_start": reference.loss_without_dropout()}
 
     def jax_step():
         nonlocal state
@@ -134,14 +159,16 @@ def bench_step_vs_pytorch(teacher: BertConfig, student: BertConfig, batch: int, 
 
     for _ in range(warmup + 1):  # the first JAX call compiles
         jax_step()
-        torch_step()
+        reference.step()
     jax_seconds, torch_seconds = [], []
     for _ in range(reps):
         jax_seconds.append(time_calls(jax_step, reps=1, warmup=0).median)
-        torch_seconds.append(time_calls(torch_step, reps=1, warmup=0).median)
-    ours, theirs = batch / np.median(jax_seconds), batch / np.median(torch_seconds)
+        torch_seconds.append(time_calls(reference.step, reps=1, warmup=0).median)
+    jax_step_s, torch_step_s = float(np.median(jax_seconds)), float(np.median(torch_seconds))
+    ours, theirs = batch / jax_step_s, batch / torch_step_s
     flops = step_flops(spec, seq_len) * batch
-    return {"jax_examples_per_s": ours, "pytorch_examples_per_s": theirs, "ratio": ours / theirs,
+    return {"batch": batch, **losses, "jax_step_s": jax_step_s, "pytorch_step_s": torch_step_s,
+            "jax_examples_per_s": ours, "pytorch_examples_per_s": theirs, "ratio": ours / theirs,
             "jax_achieved_flops_per_s": flops * ours / batch, "pytorch_achieved_flops_per_s": flops * theirs / batch,
             "jax_step_range_s": [min(jax_seconds), max(jax_seconds)],
             "pytorch_step_range_s": [min(torch_seconds), max(torch_seconds)], "reps": reps}

@@ -1,10 +1,11 @@
 """The general-distillation step written with `transformers`' PyTorch BertModel: the speed reference.
 
-Same teacher/student sizes, same losses (TinyBERT semantics: pre-softmax scores, one shared projection),
-AdamW with weight decay off for biases and LayerNorm, global-norm clipping, dropout on in the student.
+Same teacher/student sizes and starting weights, same losses (TinyBERT semantics: pre-softmax scores, one shared
+projection), AdamW with weight decay off for biases and LayerNorm, global-norm clipping, dropout on in the student.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
 
@@ -39,9 +40,18 @@ def _hf_config(cfg: BertConfig):
     return config
 
 
-def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerMap,
-                     batch: dict[str, np.ndarray]) -> Callable[[], float]:
-    """A zero-argument function running one full training step on `batch`; returns the loss."""
+@dataclasses.dataclass(frozen=True)
+class TorchStep:
+    step: Callable[[], float]  # one training step (student dropout on); returns its loss
+    loss_without_dropout: Callable[[], float]  # the same loss with the student in eval mode, no update
+
+
+def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerMap, batch: dict[str, np.ndarray],
+                     teacher_weights: dict[str, np.ndarray], student_weights: dict[str, np.ndarray],
+                     projection: dict[str, np.ndarray]) -> TorchStep:
+    """The reference step on `batch`, starting from the given weights (Hugging Face state dicts of the two
+    BertModels, and our projection's kernel [student, teacher] and bias), so that its loss can be checked
+    against ours before the timings are compared."""
     # PyTorch's OpenMP workers otherwise spin for a while after each op, stealing the cores from the XLA step
     # timed right after it (only effective if torch is not imported yet, as in the benchmark process).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -50,11 +60,14 @@ def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerM
 
     torch.set_num_threads(os.cpu_count() or 1)
     transformers.AttentionInterface.register(_SCORES_ATTENTION, _attention_returning_scores)
-    torch.manual_seed(0)
-    teacher_model = transformers.BertModel(_hf_config(teacher), add_pooling_layer=False).eval()
-    student_model = transformers.BertModel(_hf_config(student), add_pooling_layer=False).train()
-    projection = torch.nn.Linear(student.hidden_size, teacher.hidden_size)
-    named = list(student_model.named_parameters()) + [(f"projection.{n}", p) for n, p in projection.named_parameters()]
+    torch.manual_seed(0)  # the student's dropout masks
+    teacher_model = _load(transformers.BertModel(_hf_config(teacher), add_pooling_layer=teacher.pooler),
+                          teacher_weights).eval()
+    student_model = _load(transformers.BertModel(_hf_config(student), add_pooling_layer=student.pooler),
+                          student_weights).train()
+    linear = torch.nn.Linear(student.hidden_size, teacher.hidden_size)
+    _load(linear, {"weight": np.asarray(projection["kernel"]).T, "bias": projection["bias"]})
+    named = list(student_model.named_parameters()) + [(f"projection.{n}", p) for n, p in linear.named_parameters()]
     decayed = [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n)]
     plain = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n]
     optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.01}, {"params": plain, "weight_decay": 0.0}],
@@ -63,19 +76,38 @@ def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerM
     zeroed = lambda scores: torch.where(scores <= -100, torch.zeros_like(scores), scores)
     mse = torch.nn.functional.mse_loss
 
-    def step() -> float:
+    def loss():
         with torch.no_grad():
             t_out = teacher_model(**inputs, output_hidden_states=True, output_attentions=True)
         s_out = student_model(**inputs, output_hidden_states=True, output_attentions=True)
         attention = sum(mse(zeroed(s_out.attentions[s - 1]), zeroed(t_out.attentions[t - 1]))
                         for s, t in layer_map.attention_pairs)
-        hidden = sum(mse(projection(s_out.hidden_states[s]), t_out.hidden_states[t])
+        hidden = sum(mse(linear(s_out.hidden_states[s]), t_out.hidden_states[t])
                      for s, t in layer_map.hidden_pairs)  # includes the embedding term (index 0)
-        loss = attention + hidden
+        return attention + hidden
+
+    def step() -> float:
+        value = loss()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimizer.step()
-        return loss.item()
+        return value.item()
 
-    return step
+    def loss_without_dropout() -> float:
+        student_model.eval()
+        with torch.no_grad():
+            value = loss().item()
+        student_model.train()
+        return value
+
+    return TorchStep(step, loss_without_dropout)
+
+
+def _load(module, weights: dict[str, np.ndarray]):
+    """`module` with `weights` (all of its parameters, no others) copied in."""
+    import torch
+
+    module.load_state_dict({name: torch.from_numpy(np.array(value, np.float32)) for name, value in weights.items()},
+                           strict=True)
+    return module

@@ -1,20 +1,21 @@
 """Declarative distillation terms: which teacher output teaches which student output, with which loss and weight.
 
 A recipe (TinyBERT, DistilBERT, MiniLM v1/v2) is a preset that expands into these; `loss.preset=custom` takes
-them from `loss.matches`, one "TERM LOSS STUDENT TEACHER WEIGHT" string each (REFERENCE.md 4, TextBrewer's idea).
+them from `loss.matches`, one "TERM LOSS STUDENT TEACHER WEIGHT" string each (TextBrewer's idea): a list of such
+strings, or one string of them separated by ';' (the command line's form: ml_collections overrides no lists).
 Indices: hidden-state losses count 0 = embedding output .. L = last layer; attention, relation and value losses
 count layers 1..L; logit losses ignore them (write 0).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from tinybert_jax.distill.layer_map import LayerMap
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig
 
-# loss -> what it compares (REFERENCE.md 1-3)
+# loss -> what it compares (README, "Recipes")
 LOSSES = {
     "hidden_mse": "hidden states, the student's through the shared projection W_h (TinyBERT)",
     "hidden_cos": "1 - cosine of hidden states over real tokens; equal widths (DistilBERT)",
@@ -68,10 +69,22 @@ def preset_matches(preset: str, weights: dict, layer_map: LayerMap, student: Ber
     return tuple(m for m in matches if m.weight)
 
 
-def parse_matches(lines: Sequence[str]) -> tuple[Match, ...]:
+_MATCHES_FORMS = ("a list of 'TERM LOSS STUDENT TEACHER WEIGHT' strings, or one string of them separated by ';', "
+                 "e.g. 'hidden hidden_mse 2 6 1; attention attention_mse 2 6 1'")
+
+
+def match_entries(value: Union[str, Sequence[str]]) -> list[str]:
+    """The entries of `loss.matches`: a list of strings (experiment files) or one ';'-separated string."""
+    lines = [value] if isinstance(value, str) else value
+    if not isinstance(lines, (list, tuple)) or not all(isinstance(line, str) for line in lines):
+        raise InputError(f"loss.matches={value!r}: write {_MATCHES_FORMS}")
+    return [entry.strip() for line in lines for entry in line.split(";") if entry.strip()]
+
+
+def parse_matches(value: Union[str, Sequence[str]]) -> tuple[Match, ...]:
     matches = []
-    for line in lines:
-        fields = str(line).split()
+    for line in match_entries(value):
+        fields = line.split()
         try:
             term, loss, student, teacher, weight = fields
             match = Match(term, loss, int(student), int(teacher), float(weight))
