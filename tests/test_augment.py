@@ -124,6 +124,34 @@ def test_replacements_come_from_the_mlm_top_k_or_glove_neighbours(assets):
     assert checked["mlm"] > 20 and checked["glove"] > 20
 
 
+CONTRACTION = re.compile(r"\w+(?:['\u2019]\w+)+")
+
+
+def test_split_words_keeps_contractions_whole_and_they_are_never_candidates():
+    text = "I don't know, it\u2019s rock'n'roll at o'clock 'quoted' dogs' sun."
+    words = [text[a:b] for a, b in split_words(text)]
+    assert words == ["I", "don't", "know", ",", "it\u2019s", "rock'n'roll", "at", "o'clock", "'", "quoted", "'",
+                     "dogs", "'", "sun", "."]
+    assert [w for w in words if is_candidate(w)] == ["know", "quoted", "dogs", "sun"]
+
+
+def test_contractions_are_never_changed_while_other_words_are(assets):
+    # Every piece of these is a single WordPiece of the fixture vocabulary (letters are): split at the apostrophe,
+    # "t", "s", "ll", ... would be MLM candidates.
+    contractions = ["don't", "it's", "we'll", "o'clock", "rock'n'roll", "didn't"]
+    rng = np.random.default_rng(5)
+    texts = [f"{rng.choice(contractions)} the {' '.join(rng.choice(SINGLE, 3))} {rng.choice(contractions)} ."
+             for _ in range(20)]
+    changed_words = 0
+    for text, variants in zip(texts, assets.augmenter.augment(texts, progress=False)):
+        for variant in variants[1:]:
+            assert CONTRACTION.findall(variant) == CONTRACTION.findall(text), (text, variant)
+            changed = replaced_words(text, variant)
+            assert all(text[slice(*split_words(text)[p])] in SINGLE for p in changed), (text, variant)
+            changed_words += len(changed)
+    assert changed_words > 50
+
+
 def test_replacement_rate_is_p_t(assets):
     texts = make_sentences(300, MULTI, seed=3)  # GloVe words only: a candidate never equals the word
     for p_t in (0.0, 0.4, 1.0):

@@ -175,8 +175,23 @@ def test_existing_export_survives_a_failed_overwrite(hf_checkpoint, tmp_path, mo
         open(filename, "wb").write(b"partial")
         raise OSError("disk full")
     monkeypatch.setattr("safetensors.numpy.save_file", fail_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match=r"/export: could not be written \(disk full\)"):
         convert.save_hf_bert(cfg, params, out, overwrite=True)
 
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "hf"]  # no temporary directories left
+
+
+def test_export_into_an_existing_empty_directory(hf_checkpoint, tmp_path):
+    original, path = hf_checkpoint("BertModel")
+    cfg, params = convert.load_hf_bert(str(path))
+    out = tmp_path / "export"
+    out.mkdir()  # as transformers' save_pretrained accepts
+    convert.save_hf_bert(cfg, params, out)
+    batch = padded_batch(cfg.vocab_size)
+    assert_same_outputs(torch_outputs(original, *batch), torch_outputs(load_exported("AutoModel", out), *batch), 1e-5)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="other already exists; choose another output directory or pass overwrite"):
+        convert.save_hf_bert(cfg, params, tmp_path / "other")
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]

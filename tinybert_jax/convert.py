@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import re
 import shutil
 import sys
@@ -95,15 +96,37 @@ def config_from_hf(config: dict, config_file: Path, *, pooler: bool, mlm_head: b
     if missing:
         raise InputError(f"{config_file}: missing key(s) {missing}; a BERT config.json needs {_REQUIRED_CONFIG_KEYS}")
     act = config.get("hidden_act", "gelu")
-    if act not in ACTIVATIONS:
+    if not isinstance(act, str) or act not in ACTIVATIONS:
         raise InputError(f"{config_file}: hidden_act {act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
     fields = {f.name for f in dataclasses.fields(BertConfig)} - {"dtype", "param_dtype", "pooler", "mlm_head",
                                                                    "num_labels"}
     known = {key: config[key] for key in fields if config.get(key) is not None}
+    _check_field_types(known, config_file)
     try:
         return BertConfig(**known, pooler=pooler, mlm_head=mlm_head, num_labels=num_labels)
     except (TypeError, ValueError) as e:
         raise InputError(f"{config_file}: {e}") from e
+
+
+def _check_field_types(values: dict, config_file: Path) -> None:
+    """BertConfig checks ranges, not types: a hand-edited "32" or 32.5 would pass int() and break the model later."""
+    defaults = {f.name: f.default for f in dataclasses.fields(BertConfig)}
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            valid, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            valid, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, str):
+            valid, expected = isinstance(value, str), "a string"
+        elif isinstance(default, float) or (default is None and key in defaults):  # None: classifier_dropout unset
+            valid = (value is None and default is None) or (isinstance(value, (int, float)) and not isinstance(
+                value, bool) and math.isfinite(value))
+            expected = "a finite number"
+        else:
+            continue  # unknown keys are BertConfig's to refuse
+        if not valid:
+            raise InputError(f"{config_file}: {key} is {json.dumps(value)}; expected {expected}")
 
 
 def config_to_hf(cfg: BertConfig, id2label: Optional[dict[int, str]] = None) -> dict:
@@ -245,13 +268,13 @@ def hf_state_dict(cfg: BertConfig, params: dict[str, Any]) -> dict[str, np.ndarr
 
 
 def save_hf_bert(cfg: BertConfig, params: dict[str, Any], out_dir: str | Path, tokenizer_dir: str | Path | None = None,
-                 id2label: Optional[dict[int, str]] = None, overwrite: bool = False) -> Path:
-    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer files, label maps).
+                 id2label: Optional[dict[int, str]] = None, overwrite: bool = False,
+                 extra_files: Optional[dict[str, bytes]] = None) -> Path:
+    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer files, label maps,
+    and `extra_files`: name -> contents, e.g. the distillation projection, which transformers ignores).
 
     The directory is written beside `out_dir` and renamed into place, so a failure leaves `out_dir` as it was.
     """
-    from safetensors.numpy import save_file
-
     if cfg.mlm_head and cfg.pooler:
         # BertForMaskedLM has no pooler; exporting one would make it an unexpected weight when loaded.
         log.info("masked-LM export: the pooler is left out (BertForMaskedLM has none)")
@@ -261,12 +284,24 @@ def save_hf_bert(cfg: BertConfig, params: dict[str, Any], out_dir: str | Path, t
     state = hf_state_dict(cfg, params)
     tokenizer_files = _tokenizer_files(Path(tokenizer_dir)) if tokenizer_dir is not None else []
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp / hf_checkpoint.SAFETENSORS), metadata={"format": "pt"})
+        _save_safetensors(state, tmp / hf_checkpoint.SAFETENSORS)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for file in tokenizer_files:
             shutil.copy2(file, tmp / file.name)
+        for name, contents in (extra_files or {}).items():
+            (tmp / name).write_bytes(contents)
     log.info("exported %s (%s, %d tensors) to %s", config["architectures"][0], cfg.hidden_size, len(state), out_dir)
     return Path(out_dir)
+
+
+def _save_safetensors(state: dict[str, np.ndarray], path: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.numpy import save_file
+
+    try:
+        save_file(state, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:  # how safetensors reports a failed write (disk full, read-only file system)
+        raise OSError(str(e).splitlines()[0]) from e
 
 
 def _tokenizer_files(tokenizer_dir: Path) -> list[Path]:
@@ -306,8 +341,12 @@ def load_flax_dir(src: str | Path) -> tuple[BertConfig, dict[str, Any]]:
     config_file = src / FLAX_CONFIG
     if not config_file.is_file():
         raise InputError(f"{src}: not a Flax checkpoint directory (needs {FLAX_CONFIG} and {MSGPACK} or {ORBAX}/)")
+    values = read_json(config_file)
+    if not isinstance(values, dict):
+        raise InputError(f"{config_file}: expected a JSON object of BertConfig fields, got {type(values).__name__}")
+    _check_field_types(values, config_file)
     try:
-        cfg = BertConfig(**read_json(config_file))
+        cfg = BertConfig(**values)
     except (TypeError, ValueError) as e:
         raise InputError(f"{config_file}: not a valid BERT config ({e})") from e
     if (src / MSGPACK).is_file():

@@ -24,27 +24,51 @@ def read_json(path: str | os.PathLike) -> Any:
 def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yields a fresh temporary directory beside `out_dir`; on success it replaces `out_dir` in one rename.
 
-    On any exception the temporary directory is removed and an existing `out_dir` is left untouched.
+    An existing empty `out_dir` is replaced like a missing one (as transformers' save_pretrained writes into it);
+    a non-empty one only with `overwrite`. On any exception the temporary directory is removed and an existing
+    `out_dir` is left untouched; an OSError (disk full, read-only file system, no permission) becomes an
+    InputError naming `out_dir` and the reason.
     """
     out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not overwrite:
+    if out_dir.exists() and not overwrite and not is_empty_dir(out_dir):
         raise InputError(f"{out_dir} already exists; choose another output directory or pass overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = None
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         yield tmp
         _apply_umask(tmp)
-        if out_dir.exists():
-            # Two renames, so the old result survives until the new one is complete.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old / "replaced")
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
+        _move_into_place(tmp, out_dir)
+    except OSError as e:
+        reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        kept = "the previous contents are unchanged" if out_dir.exists() else "nothing was written"
+        raise InputError(f"{out_dir}: could not be written ({reason}); {kept}; free space or choose a writable "
+                         f"output directory") from e
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # after success it no longer exists
+
+
+def is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Renames `tmp` to `out_dir`; an existing `out_dir` survives until the new one is complete, and is put back
+    if the final rename fails."""
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.rename(out_dir, old / "replaced")
+    try:
+        os.rename(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.rename(old / "replaced", out_dir)
+        old.rmdir()
         raise
+    # The new result is complete; an old copy that cannot be deleted is no reason to fail.
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _apply_umask(root: Path) -> None:

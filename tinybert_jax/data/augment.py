@@ -1,10 +1,11 @@
-"""TinyBERT data augmentation (REFERENCE.md 1, "Data augmentation"), batched and jitted.
+"""TinyBERT data augmentation (the TinyBERT paper, Algorithm 1), batched and jitted.
 
 Per sentence:
-1. Words: runs of letters and digits; every other non-space character is a word of its own (BERT's basic
-   tokenizer splits punctuation the same way). The text between words is kept, so a variant differs from the
-   original only in the replaced words.
-2. Candidate positions: alphabetic words not in STOP_WORDS.
+1. Words: runs of letters and digits, an apostrophe between two such runs included (contractions such as
+   don't, it's, we'll, o'clock, rock'n'roll are one word); every other non-space character is a word of its own
+   (BERT's basic tokenizer splits punctuation the same way). The text between words is kept, so a variant
+   differs from the original only in the replaced words.
+2. Candidate positions: alphabetic words not in STOP_WORDS (so never a contraction).
 3. Candidates of a position:
    - the word is a single WordPiece of the MLM's tokenizer: the MLM reads `[CLS] masked [SEP] original [SEP]`
      (token types 0, then 1) with that piece masked; of the top-K predictions at the mask, `##` pieces, special
@@ -44,9 +45,9 @@ from typing import Any, Iterable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordReader
 from tqdm import tqdm
 
+from tinybert_jax.data import shards
 from tinybert_jax.data.glove import GloveIndex, load_glove
 from tinybert_jax.data.loader import METADATA_FILE
 from tinybert_jax.data.prepare import ShardWriter, load_tokenizer
@@ -72,7 +73,9 @@ RECORDS_PER_SHARD = 100_000
 
 Choice = tuple[tuple[int, int], list[str]]  # (character span of a word, its candidates)
 
-_WORD = re.compile(r"[^\W_]+|\S")
+# A contraction is one word, and not an alphabetic one, so no part of it is a candidate: its pieces ("don", "t",
+# "s" of it's) are not words, and replacing one makes non-words such as "don'x".
+_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*|\S")
 _PLACEHOLDER = re.compile(r"^\[.*\]$")  # [unused0], [PAD], ...: vocabulary entries that are not words
 
 
@@ -423,26 +426,32 @@ def augment_examples(examples, augmenter: Augmenter, out_dir: str | Path, overwr
 
 
 def read_augmented(augmented_dir: str | Path) -> tuple[list[str], Optional[list[str]], np.ndarray]:
-    """(text_a, text_b or None for single-sentence tasks, labels) of a directory `augment_examples` wrote."""
+    """(text_a, text_b or None for single-sentence tasks, labels) of a directory `augment_examples` wrote.
+
+    Damage (metadata.json, a shard, a record) is an InputError naming the file; the directory is never deleted.
+    """
     augmented_dir = Path(augmented_dir)
     path = augmented_dir / METADATA_FILE
+    again = f"delete {augmented_dir} to augment again"
     if not path.is_file():
         raise InputError(f"{path}: not found; {augmented_dir} is not an augmented-data directory")
-    metadata = read_json(path)
+    try:
+        metadata = read_json(path)
+    except InputError as e:
+        raise InputError(f"{e}; {again}") from None
     if not isinstance(metadata, dict) or metadata.get("kind") != AUGMENTED_KIND:
-        raise InputError(f"{path}: not the metadata of augmented task data (kind {AUGMENTED_KIND!r})")
+        raise InputError(f"{path}: not the metadata of augmented task data (kind {AUGMENTED_KIND!r}); {again}")
+    if not isinstance(metadata.get("pair"), bool) or not isinstance(metadata.get("label_dtype"), str):
+        raise InputError(f"{path}: needs 'pair' (true/false) and 'label_dtype'; {again}")
+    names, count = shards.checked_listing(metadata, path, again)
+    shards.check_shards(path, names, count, again)
     text_a, text_b, labels = [], [], []
-    for shard in metadata["shards"]:
-        if not (augmented_dir / shard).is_file():
-            raise InputError(f"{augmented_dir / shard}: listed in {METADATA_FILE} but missing; augment again")
-        reader = ArrayRecordReader(str(augmented_dir / shard))
+    for name in names:
         try:
-            for record in map(json.loads, reader.read_all()):
-                text_a.append(record["text_a"])
-                text_b.append(record["text_b"])
-                labels.append(record["label"])
-        finally:
-            reader.close()
-    if len(text_a) != metadata["count"]:
-        raise InputError(f"{augmented_dir}: {len(text_a)} records, {METADATA_FILE} says {metadata['count']}")
+            for example in map(json.loads, shards.read_all(augmented_dir / name)):
+                text_a.append(example["text_a"])
+                text_b.append(example["text_b"])
+                labels.append(example["label"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # Riegeli checksum, JSON, record layout
+            raise InputError(f"{augmented_dir / name}: damaged record ({shards.reason(e)}); {again}") from None
     return text_a, text_b if metadata["pair"] else None, np.asarray(labels, dtype=np.dtype(metadata["label_dtype"]))

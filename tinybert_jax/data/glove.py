@@ -15,6 +15,8 @@ import numpy as np
 from tinybert_jax.errors import InputError
 
 DEFAULT_MAX_WORDS = 100_000
+# word2vec and fastText .vec files start with a `count dimension` line, which reads as a word with one value.
+_HEADER_HINT = "; if line 1 is a word2vec/fastText header (`count dimension`), remove it"
 
 
 def load_glove(path: str | Path, max_words: int = DEFAULT_MAX_WORDS) -> tuple[list[str], np.ndarray]:
@@ -38,16 +40,31 @@ def load_glove(path: str | Path, max_words: int = DEFAULT_MAX_WORDS) -> tuple[li
                 raise InputError(f"{path}:{line_number}: expected `word v1 ... vd`, found no vector")
             if rows and len(values) != len(rows[0]):
                 raise InputError(f"{path}:{line_number}: {len(values)} values after the word, expected dimension "
-                                 f"{len(rows[0])} (the first line's)")
-            try:
-                rows.append(np.asarray(values, dtype=np.float32))
-            except ValueError:
-                raise InputError(f"{path}:{line_number}: the vector of {word!r} has a value that is not a "
-                                 f"number") from None
+                                 f"{len(rows[0])} (the first line's){_HEADER_HINT if len(rows[0]) == 1 else ''}")
+            rows.append(_vector(path, line_number, word, values))
             words.append(word)
     if not words:
         raise InputError(f"GloVe file {path} is empty")
     return words, np.stack(rows)
+
+
+def _vector(path: Path, line_number: int, word: str, values: list[str]) -> np.ndarray:
+    try:
+        vector = np.asarray(values, dtype=np.float32)
+    except ValueError:
+        vector = None
+    if vector is None or not np.isfinite(vector).all():
+        bad = next(value for value in values if not _is_finite_number(value))
+        raise InputError(f"{path}:{line_number}: the vector of {word!r} has the value {bad!r}; every value after "
+                         f"the word must be a finite number")
+    return vector
+
+
+def _is_finite_number(text: str) -> bool:
+    try:
+        return bool(np.isfinite(np.float32(text)))
+    except ValueError:
+        return False
 
 
 @functools.partial(jax.jit, static_argnames="count")

@@ -10,8 +10,9 @@ from typing import Any, Callable, Optional
 import grain
 import numpy as np
 
+from tinybert_jax.data import shards
 from tinybert_jax.errors import InputError
-from tinybert_jax.files import read_json
+from tinybert_jax.files import is_empty_dir, read_json
 
 METADATA_FILE = "metadata.json"
 TOKEN_COUNTS_FILE = "token_counts.npy"  # int64 [vocab_size]: occurrences of each token id in the sequences
@@ -22,17 +23,42 @@ _REQUIRED_KEYS = ("format_version", "source", "seq_len", "seed", "tokenizer", "c
 def read_metadata(prepared_dir: str | Path) -> dict:
     """metadata.json of a prepared directory, checked for the keys the loader and `ensure_prepared` rely on."""
     path = Path(prepared_dir) / METADATA_FILE
+    again = _prepare_again(prepared_dir)
+    if not path.is_file() and Path(prepared_dir).is_dir() and not is_empty_dir(Path(prepared_dir)):
+        raise InputError(f"{path}: not found, so {prepared_dir} holds no complete prepared data; {again}")
     if not path.is_file():
         raise InputError(f"{path}: not found; {prepared_dir} is not a prepared data directory (create one with "
                          f"python -m tinybert_jax.data.prepare)")
-    metadata = read_json(path)
+    try:
+        metadata = read_json(path)
+    except InputError as e:
+        raise InputError(f"{e}; {again}") from None
     missing = [key for key in _REQUIRED_KEYS if not isinstance(metadata, dict) or key not in metadata]
     if missing:
-        raise InputError(f"{path}: missing {', '.join(missing)}; delete {prepared_dir} and prepare it again")
+        raise InputError(f"{path}: missing {', '.join(missing)}; {again}")
     if metadata["format_version"] != FORMAT_VERSION:
         raise InputError(f"{path}: format_version {metadata['format_version']!r}, this version reads "
-                         f"{FORMAT_VERSION}; delete {prepared_dir} and prepare it again")
+                         f"{FORMAT_VERSION}; {again}")
+    seq_len, tokenizer = metadata["seq_len"], metadata["tokenizer"]
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise InputError(f"{path}: 'seq_len' is {seq_len!r}, expected a positive integer; {again}")
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("pad_id"), int):
+        raise InputError(f"{path}: 'tokenizer' is not an object with an integer pad_id; {again}")
+    shards.checked_listing(metadata, path, again)
     return metadata
+
+
+def check_prepared(prepared_dir: str | Path) -> dict:
+    """`read_metadata`, once every shard it lists has opened and they hold its count of records: damaged data is
+    refused at start-up, and never deleted (the user decides)."""
+    metadata = read_metadata(prepared_dir)
+    shards.check_shards(Path(prepared_dir) / METADATA_FILE, metadata["shards"], metadata["count"],
+                        _prepare_again(prepared_dir))
+    return metadata
+
+
+def _prepare_again(prepared_dir: str | Path) -> str:
+    return f"delete {prepared_dir} and prepare it again"
 
 
 def read_token_counts(prepared_dir: str | Path) -> np.ndarray:
@@ -44,7 +70,7 @@ def read_token_counts(prepared_dir: str | Path) -> np.ndarray:
     metadata = read_metadata(prepared_dir)
     name = metadata.get("token_counts")
     path = Path(prepared_dir) / (name if isinstance(name, str) and name else TOKEN_COUNTS_FILE)
-    again = f"delete {prepared_dir} and prepare it again"
+    again = _prepare_again(prepared_dir)
     if name is None:
         raise InputError(f"{path}: not recorded in {METADATA_FILE} (prepared by an older version without token "
                          f"counts); {again}")
@@ -114,16 +140,12 @@ def make_train_iterator(prepared_dir: str | Path, global_batch_size: int, seed: 
     `rows` defaults to the whole batch). `get_state()` / `set_state()` restore the exact position. Threads read
     and decode whole batches; `prefetch_buffer_size` counts batches.
     """
-    metadata = read_metadata(prepared_dir)
+    metadata = check_prepared(prepared_dir)
     if global_batch_size < 1:
         raise InputError(f"batch_size {global_batch_size} must be at least 1")
     if not 0 <= seed < 2**32:
         raise InputError(f"data seed {seed} is outside [0, 2**32); choose a non-negative 32-bit seed")
     paths = [Path(prepared_dir) / name for name in metadata["shards"]]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise InputError(f"{prepared_dir}: shard {missing[0]} listed in {METADATA_FILE} is missing "
-                         f"({len(missing)} of {len(paths)} missing); delete the directory and prepare it again")
     seq_len, pad_id = metadata["seq_len"], metadata["tokenizer"]["pad_id"]
     try:
         return global_batches(grain.sources.ArrayRecordDataSource([str(p) for p in paths]), global_batch_size,

@@ -38,9 +38,9 @@ from tqdm import tqdm
 
 from tinybert_jax import hf_checkpoint
 from tinybert_jax.data.corpus import TFDS_PREFIX, CorpusStats, iter_documents
-from tinybert_jax.data.loader import FORMAT_VERSION, METADATA_FILE, TOKEN_COUNTS_FILE, read_metadata
+from tinybert_jax.data.loader import FORMAT_VERSION, METADATA_FILE, TOKEN_COUNTS_FILE, check_prepared
 from tinybert_jax.errors import InputError, run_cli
-from tinybert_jax.files import atomic_output_dir
+from tinybert_jax.files import atomic_output_dir, is_empty_dir
 
 log = logging.getLogger(__name__)
 
@@ -366,12 +366,13 @@ def prepare(source: str, out_dir: str | Path, tokenizer_path: str, seq_len: int,
 def ensure_prepared(source: str, out_dir: str | Path, tokenizer_path: str, seq_len: int, seed: int, *,
                     tfds_data_dir: str = "", tfds_text_key: str = "text", short_seq_prob: float = 0.1,
                     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD) -> dict[str, Any]:
-    """Reuses `out_dir` if it was prepared with the same settings and tokenizer, else prepares it."""
-    if not (Path(out_dir) / METADATA_FILE).exists():
+    """Reuses `out_dir` if it was prepared with the same settings and tokenizer and its shards are intact, else
+    prepares it; a damaged or foreign `out_dir` is an InputError, never deleted."""
+    if not Path(out_dir).exists() or is_empty_dir(Path(out_dir)):
         return prepare(source, out_dir, tokenizer_path, seq_len, seed, tfds_data_dir=tfds_data_dir,
                        tfds_text_key=tfds_text_key, short_seq_prob=short_seq_prob,
                        records_per_shard=records_per_shard)
-    existing = read_metadata(out_dir)
+    existing = check_prepared(out_dir)
     for key, value in _content_settings(source, seq_len, seed, short_seq_prob, tfds_text_key).items():
         if existing.get(key) != value:
             raise InputError(f"{out_dir} was prepared with {key}={existing.get(key)!r}, not {value!r}; "
