@@ -13,7 +13,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from tinybert_jax import distributed
+from tinybert_jax import distributed, workdir
 from tinybert_jax.errors import InputError
 from tinybert_jax.train.preemption import Preempted
 
@@ -65,9 +65,11 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {config_file}: pipeline {config.get('pipeline')!r} is unknown; "
                  f"use one of {sorted(PIPELINES)}")
     try:
+        workdir_path = workdir.check_directory(_WORKDIR.value)
         distributed.initialize(distributed.settings_from_env(_DISTRIBUTED.value, _COORDINATOR.value,
                                                              _NUM_PROCESSES.value, _PROCESS_ID.value))
-        importlib.import_module(module_name).run(config, _WORKDIR.value)
+        with workdir.claimed(workdir_path):
+            importlib.import_module(module_name).run(config, _WORKDIR.value)
     except InputError as e:
         sys.exit(f"error: {e}")
     except Preempted as e:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -11,6 +12,7 @@ import numpy as np
 
 from tinybert_jax import distributed, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
+from tinybert_jax.errors import TrainingDiverged
 from tinybert_jax.train.metrics import MetricsWriter, progress_bar
 from tinybert_jax.train.preemption import Preempted, StopRequests
 from tinybert_jax.train.state import TrainState
@@ -30,7 +32,8 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
              workdir: Path, settings: LoopSettings,
              evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None) -> TrainState:
     """Runs from the state's step to settings.num_steps; logs every log_every_steps and at the end. A SIGTERM or
-    SIGINT ends the step in progress, checkpoints it and raises Preempted.
+    SIGINT ends the step in progress, checkpoints it and raises Preempted. A step whose metrics (loss, terms,
+    gradient norm) are not finite raises TrainingDiverged.
 
     `evaluate(state, step)` (dev-set metrics, logged with a "dev/" prefix) runs every eval_every_steps and at the
     end, before that step's checkpoint.
@@ -39,24 +42,34 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
     writer = MetricsWriter(workdir, enabled=distributed.is_leader())
     bar = progress_bar(settings.num_steps, start, settings.desc)
     last_log_step, last_log_time = start, time.perf_counter()
+    unchecked = None  # (step, device metrics) of the previous step when nothing has read them yet
     with StopRequests() as stop_requests:
         try:
             for step in range(start + 1, settings.num_steps + 1):
                 state, metrics = step_fn(state, sharding.global_batch(next(data_iterator), mesh))
+                if unchecked is not None:  # read one step late: the device runs this step meanwhile
+                    check_finite(*unchecked, checkpoints)
                 final = step == settings.num_steps
                 stopping = not final and stop_requests.reached(step)
-                if step % settings.log_every_steps == 0 or final or stopping:
-                    values = {name: float(np.asarray(value)) for name, value in jax.device_get(metrics).items()}
+                logging_now = step % settings.log_every_steps == 0 or final or stopping
+                evaluating = evaluate is not None and (final or (settings.eval_every_steps and
+                                                                 step % settings.eval_every_steps == 0))
+                saving = final or stopping or checkpoints.should_save(step)
+                unchecked = (step, metrics)
+                if logging_now or evaluating or saving:
+                    # Nothing is logged, evaluated or saved from a state that a non-finite step produced.
+                    values = check_finite(*unchecked, checkpoints)
+                    unchecked = None
+                if logging_now:
                     now = time.perf_counter()
                     values["examples_per_s"] = ((step - last_log_step) * settings.global_batch_size /
                                                 (now - last_log_time))
                     last_log_step, last_log_time = step, now
                     writer.write(step, values)
                     bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
-                if evaluate is not None and (final or (settings.eval_every_steps and
-                                                       step % settings.eval_every_steps == 0)):
+                if evaluating:
                     writer.write(step, {f"dev/{name}": value for name, value in evaluate(state, step).items()})
-                if final or stopping or checkpoints.should_save(step):
+                if saving:
                     checkpoints.save(step, state, data_iterator, meta, force=final or stopping)
                 bar.update(1)
                 if stopping:
@@ -68,3 +81,16 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
             writer.close()
             checkpoints.close()
     return state
+
+
+def check_finite(step: int, metrics: dict, checkpoints: RunCheckpoints) -> dict[str, float]:
+    """The step's metrics as floats; TrainingDiverged naming the step and its non-finite values if there are any."""
+    values = {name: float(np.asarray(value)) for name, value in jax.device_get(metrics).items()}
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if bad:
+        latest = checkpoints.latest_step()
+        kept = (f"the last good checkpoint is step {latest} in {checkpoints.directory}" if latest is not None
+                else "no checkpoint was saved before it")
+        raise TrainingDiverged(f"non-finite loss at step {step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+                               f"{kept}; lower the learning rate or check the data")
+    return values

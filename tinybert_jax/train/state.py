@@ -37,12 +37,14 @@ def create_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
 
 def resume_or_load(state: TrainState, state_shardings: Any, checkpoints, meta: dict, data_iterator: Any,
                    loaded: dict[str, Any]) -> TrainState:
-    """The newest compatible checkpoint (state and data position), or else `state` with params[key] replaced by
-    `loaded[key]` (host arrays); modules a loaded tree lacks (e.g. a new classifier) keep their initialisation."""
-    latest = checkpoints.latest_compatible_step(meta)
-    if latest is not None:
-        logging.info("resuming from step %d in %s", latest, checkpoints.directory)
-        return checkpoints.restore(latest, state, state_shardings, data_iterator)
+    """The newest readable compatible checkpoint (state and data position), or else `state` with params[key]
+    replaced by `loaded[key]` (host arrays); modules a loaded tree lacks (e.g. a new classifier) keep their
+    initialisation."""
+    restored = checkpoints.restore_latest(meta, state, state_shardings, data_iterator)
+    if restored is not None:
+        step, state = restored
+        logging.info("resuming from step %d in %s", step, checkpoints.directory)
+        return state
     params = dict(state.params)
     for key, tree in loaded.items():
         params[key] = {name: sharding.put_sharded(tree[name], state_shardings.params[key][name]) if name in tree
