@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.pipeline = "finetune"
     c.seed = 0
     # Compute dtype of teacher and student matmuls ("float32" | "bfloat16"); they accumulate in float32, and
-    # trainable parameters, optimizer state, LayerNorm, softmax and losses stay float32.
+    # trainable parameters, optimizer state, the embedding sum, biases, LayerNorm, softmax and losses stay float32.
     c.dtype = "float32"
     c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli
     c.model = ml_collections.ConfigDict(dict(path="bert-base-uncased"))  # HF dir or hub id

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.pipeline = "task"
     c.seed = 0
     # Compute dtype of teacher and student matmuls ("float32" | "bfloat16"); they accumulate in float32, and
-    # trainable parameters, optimizer state, LayerNorm, softmax and losses stay float32.
+    # trainable parameters, optimizer state, the embedding sum, biases, LayerNorm, softmax and losses stay float32.
     c.dtype = "float32"
     c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli
     c.data = ml_collections.ConfigDict(dict(
@@ -27,7 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
         seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs (REFERENCE.md)
     ))
     # Fine-tuned BERT classifier (configs/finetune.py export, or any HF BertForSequenceClassification dir/hub id)
-    c.teacher = ml_collections.ConfigDict(dict(path=""))
+    # check_score: stop at start-up when the teacher's dev score is within chance_margin of chance (a teacher that
+    # is not fine-tuned, or whose id2label is in another label order); False distils it anyway.
+    c.teacher = ml_collections.ConfigDict(dict(path="", check_score=True, chance_margin=0.05))
     # A general-distillation workdir (uses its export/), a Hugging Face dir or a Flax checkpoint dir
     c.student = ml_collections.ConfigDict(dict(init=""))
     c.layer_map = "uniform"
@@ -36,7 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(
         preset="tinybert", mode="tinybert",
         weights=ml_collections.ConfigDict(dict(embedding=1.0, attention=1.0, hidden=1.0)),
-        matches=[], relation_heads=12, relation_layer=0, temperature=1.0))
+        matches=ml_collections.FieldReference("", field_type=object),  # a list or a ';'-string, as in general.py
+        relation_heads=12, relation_layer=0, temperature=1.0))
 
     c.augment = ml_collections.ConfigDict(dict(
         enabled=True,

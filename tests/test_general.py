@@ -98,6 +98,17 @@ def test_losses_fall_metrics_and_export(reference_run):
     assert transformers.AutoTokenizer.from_pretrained(reference_run / "export")("the teacher")["input_ids"][0] == 2
 
 
+def test_export_carries_the_trained_projection(reference_run):
+    from flax import serialization
+    from tinybert_jax.checkpoint import read_run_state
+
+    exported = serialization.msgpack_restore((reference_run / "export" / "projection.msgpack").read_bytes())
+    trained = read_run_state(reference_run / "checkpoints", STEPS)["params"]["projection"]
+    assert exported["dense"]["kernel"].shape == (16, 32)  # student width -> teacher width
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(exported["dense"][name], trained["dense"][name])
+
+
 def test_mesh_2x4_matches_one_device(assets, reference_run):
     workdir = assets["root"] / "mesh"
     run(command(assets, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=4", steps=STEPS), devices=8)

@@ -115,6 +115,14 @@ def test_two_stage_distillation_end_to_end(finetuned):
     assert {p: p.read_text() for p in workdir.rglob("metrics.jsonl")} == logs
     assert json.loads((workdir / "report.json").read_text())["student_score"] == report["student_score"]
 
+    # other augmentation settings: the finished stage 1 was trained on other data, so the run is refused at once
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    other = run_main("task", workdir, *[a.replace("n_a=3", "n_a=4") for a in args])
+    error = other.stderr.strip().splitlines()[-1]
+    assert other.returncode != 0 and error.startswith("error: ") and "stage1 holds stage 1 made from other inputs" \
+        in error and "augment.n_a: 3 vs 4" in error, other.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
 
 def test_teacher_with_the_wrong_label_count(finetuned, tmp_path):
     root, data, pretrained = finetuned
@@ -142,3 +150,97 @@ def test_task_stage1_with_minilm_v2_relations(finetuned):
     assert "relations" in rows[0] and "attention" not in rows[0]
     assert np.mean([r["relations"] for r in rows[-3:]]) < np.mean([r["relations"] for r in rows[:3]])
     assert json.loads((workdir / "report.json").read_text())["student_score"] > 0
+
+
+def swapped_teacher(source: Path, out: Path, id2label):
+    """The classifier at `source` with its two output rows swapped, saved with `id2label` (None: transformers'
+    generic LABEL_i names, i.e. no usable label order)."""
+    model = transformers.BertForSequenceClassification.from_pretrained(source)
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight.flip(0))
+        model.classifier.bias.copy_(model.classifier.bias.flip(0))
+    model.config.id2label = id2label or {0: "LABEL_0", 1: "LABEL_1"}
+    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
+    model.save_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
+def last_error(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and lines and lines[-1].startswith("error: "), result.stderr[-3000:]
+    return lines[-1]
+
+
+def test_teacher_in_another_label_order_is_remapped(finetuned, tmp_path):
+    root, data, pretrained = finetuned
+    teacher = swapped_teacher(root / "teacher" / "export", tmp_path / "swapped", {0: "positive", 1: "negative"})
+    student = save_model(tmp_path / "student", "BertModel", hidden_size=16, intermediate_size=24)
+    workdir = tmp_path / "w"
+    result = run_main("task", workdir, f"--config.data.source={data}", f"--config.teacher.path={teacher}",
+                      f"--config.student.init={student}", "--config.augment.enabled=False",
+                      "--config.stage1.batch_size=16", "--config.stage1.num_steps=4", "--config.stage2.batch_size=16",
+                      "--config.stage2.num_steps=10", "--config.eval.every_steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((workdir / "report.json").read_text())["teacher_score"] >= 0.9
+    # stage 2's cached targets are in the task's label order, i.e. the logits of the teacher before the swap
+    from tinybert_jax.data import glue
+    original = transformers.BertForSequenceClassification.from_pretrained(root / "teacher" / "export").eval()
+    train = glue.encode(glue.read_split(glue.get_task("sst2"), str(data), "train"),
+                        transformers.AutoTokenizer.from_pretrained(teacher), 64)
+    with torch.no_grad():
+        expected = original(**{k: torch.from_numpy(train[k].astype(np.int64))
+                               for k in ("input_ids", "token_type_ids", "attention_mask")}).logits.numpy()
+    np.testing.assert_allclose(np.load(workdir / "stage2" / "teacher_logits.npy"), expected, atol=1e-4)
+
+
+def test_teacher_near_chance_stops_before_augmentation(finetuned, tmp_path):
+    root, data, pretrained = finetuned
+    # the same weights without label names: read in canonical order, every prediction is the wrong class
+    teacher = swapped_teacher(root / "teacher" / "export", tmp_path / "generic", None)
+    workdir = tmp_path / "w"
+    result = run_main("task", workdir, f"--config.data.source={data}", f"--config.teacher.path={teacher}",
+                      f"--config.student.init={teacher}", f"--config.augment.mlm_path={pretrained}")
+    error = last_error(result)
+    assert "within 0.05 of chance" in error and "id2label" in error and "--config.teacher.check_score=False" in error
+    assert not (workdir / "augmented").exists() and not (workdir / "stage1").exists()
+
+
+def write_stsb(directory: Path, reverse_train: bool = False, seed: int = 0) -> Path:
+    """Pairs of a sentence with one sentiment word and one of filler words; the score is 5 when the sentiment is
+    positive, else 0. With `reverse_train` the training scores are 5 - score: only a student that learns from its
+    teacher, not from the training labels, then scores well on dev."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    for split, size in (("train", 160), ("dev", 48)):
+        rows = ["sentence1\tsentence2\tscore"]
+        for label in rng.integers(0, 2, size):
+            score = 5.0 - 5.0 * label if reverse_train and split == "train" else 5.0 * label
+            rows.append(f"{sentence(rng, label)}\t{' '.join(rng.choice(FILLER, 4))}\t{score}")
+        (directory / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return directory
+
+
+def test_regression_stage2_distils_the_teachers_predictions(finetuned, tmp_path):
+    _, _, pretrained = finetuned
+    teacher_run = tmp_path / "teacher"
+    result = run_main("finetune", teacher_run, "--config.task=stsb",
+                      f"--config.data.source={write_stsb(tmp_path / 'STS-B')}",
+                      f"--config.model.path={pretrained}", "--config.data.seq_len=32", "--config.train.batch_size=16",
+                      "--config.train.num_epochs=20", "--config.train.optimizer.learning_rate=2e-3",
+                      "--config.eval.every_steps=50")
+    assert result.returncode == 0, result.stderr[-3000:]
+    student = save_model(tmp_path / "student", "BertModel", hidden_size=16, intermediate_size=24)
+    workdir = tmp_path / "w"
+    result = run_main("task", workdir, "--config.task=stsb",
+                      f"--config.data.source={write_stsb(tmp_path / 'STS-B-reversed', reverse_train=True)}",
+                      f"--config.teacher.path={teacher_run / 'export'}", f"--config.student.init={student}",
+                      "--config.augment.enabled=False", "--config.data.seq_len=32", "--config.stage1.batch_size=16",
+                      "--config.stage1.num_epochs=3", "--config.stage2.batch_size=16", "--config.stage2.num_epochs=20",
+                      "--config.stage2.optimizer.learning_rate=2e-3", "--config.eval.every_steps=20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["teacher_score"] > 0.8, report
+    # gold training scores are reversed: distilling them would give a negative dev correlation
+    assert report["student_score"] > 0.5, report
+    assert np.load(workdir / "stage2" / "teacher_logits.npy").shape == (160, 1)

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import serialization
 
 from tinybert_jax import convert, distributed, hf_checkpoint, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
@@ -32,11 +33,13 @@ from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.state import TrainState, create_state, resume_or_load
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# The trained student->teacher projection W_h, saved in the export directory beside the weights.
+PROJECTION_FILE = "projection.msgpack"
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> str:
     """config.dtype: what matrix products take as inputs (they accumulate in float32; trainable parameters,
-    optimizer state, LayerNorm, softmax and losses stay float32)."""
+    optimizer state, the embedding sum, biases, LayerNorm, softmax and losses stay float32)."""
     if config.dtype not in COMPUTE_DTYPES:
         raise InputError(f"dtype={config.dtype!r}; use one of {COMPUTE_DTYPES}")
     return config.dtype
@@ -92,7 +95,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     student_cfg = student_cfg.replace(dtype=compute_dtype(config))
     mask_id = prepare.load_tokenizer(str(teacher_dir)).mask_token_id
     spec, depth = distill_spec(config, teacher_cfg, student_cfg, mask_id)
-    # The frozen teacher is stored in the compute dtype too: nothing accumulates into it, and it halves its memory.
+    # The frozen teacher's matrices are stored in the compute dtype too: nothing accumulates into them, and it
+    # halves their memory.
     teacher_cfg, teacher_params = trim_teacher(teacher_cfg, teacher_params, depth,
                                                keep_mlm_head=uses_teacher_logits(spec.matches), dtype=config.dtype)
     spec = dataclasses.replace(spec, teacher=teacher_cfg)
@@ -121,27 +125,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                                config.loss.mask_smoothing)
     num_steps = total_steps(config, data_meta["count"])
     tx, schedule = make_optimizer(config.optimizer, num_steps)
-    state = train_distillation(spec, teacher_params, student_params, data_iterator, mesh, rules, tx, schedule,
+    initial = {"student": student_params} if student_params is not None else {}
+    state = train_distillation(spec, teacher_params, initial, data_iterator, mesh, rules, tx, schedule,
                                config.seed, checkpoints, meta, workdir,
                                LoopSettings(num_steps, config.train.batch_size, config.log.every_steps,
                                             desc=f"general distillation ({config.loss.preset})"), token_weights)
 
-    student_params = sharding.host_copy(state.params["student"])
+    student_params, projection = sharding.host_copy((state.params["student"], state.params["projection"]))
     if distributed.is_leader():
+        # The learned W_h travels beside the weights (not in them): task stage 1 starts from it.
         convert.save_hf_bert(student_cfg, student_params, workdir / "export", tokenizer_dir=teacher_dir,
-                             overwrite=True)
+                             overwrite=True,
+                             extra_files={PROJECTION_FILE: serialization.msgpack_serialize(projection)})
         logging.info("student exported to %s", workdir / "export")
 
 
-def train_distillation(spec: DistillSpec, teacher_params: dict, student_params: dict | None, data_iterator,
+def train_distillation(spec: DistillSpec, teacher_params: dict, initial: dict[str, dict], data_iterator,
                        mesh: jax.sharding.Mesh, rules, tx, schedule, seed: int, checkpoints: RunCheckpoints,
                        meta: dict, workdir: Path, settings: LoopSettings,
                        token_weights: Optional[np.ndarray] = None) -> TrainState:
-    """Distillation with the fused step (general, and task stage 1): sharded state from `student_params` (or
-    random) or the newest checkpoint, the frozen teacher placed on the mesh, the step, the loop."""
+    """Distillation with the fused step (general, and task stage 1): sharded state from the newest checkpoint, or
+    else from `initial` ({"student": ..., "projection": ...}; what it lacks is random), the frozen teacher placed on
+    the mesh, the step, the loop."""
     state, state_shardings = create_state(lambda rng: init_trainable(spec, rng), tx, seed, mesh, rules)
-    state = resume_or_load(state, state_shardings, checkpoints, meta, data_iterator,
-                           {"student": student_params} if student_params is not None else {})
+    state = resume_or_load(state, state_shardings, checkpoints, meta, data_iterator, initial)
     teacher_shardings = sharding.shardings_of(abstract_params(spec.teacher), mesh, rules)
     teacher_params = sharding.put_sharded(teacher_params, teacher_shardings)
     step = sharding.compile_step(make_distill_step(spec, tx, schedule, token_weights), mesh, rules,

@@ -41,6 +41,15 @@ def main_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
     return scores[task.dev_splits[0]][task.main_metric]
 
 
+def chance_score(task: GlueTask, labels: np.ndarray) -> float:
+    """The best main-metric score of a model that ignores its input: the best constant class (accuracy: the
+    majority class's share, at least 1/num_labels; F1: everything positive; Matthews: 0), or 0 correlation."""
+    if task.is_regression:
+        return 0.0
+    constant_logits = np.eye(task.num_labels, dtype=np.float32)[:, None, :].repeat(len(labels), axis=1)
+    return max(task_metrics(task, logits, labels)[task.main_metric] for logits in constant_logits)
+
+
 class BestOnDev:
     """Evaluates during training and keeps the parameters that score best on dev (a Flax checkpoint dir), with a
     best.json beside them; a resumed run continues from the recorded best score."""
