@@ -1,4 +1,4 @@
-"""DistilBERT-style general distillation (REFERENCE.md 2): a 6-layer student initialised from the teacher's
+"""DistilBERT-style general distillation (docs/recipes.md): a 6-layer student initialised from the teacher's
 embeddings and layers 1,3,5,8,10,12 (DistilBERT's 0,2,4,7,9,11), dynamic masking with rare-token smoothing,
 loss 5 * KL(MLM logits, T=2) * T^2 + 2 * masked-LM cross-entropy + 1 * cosine of last hidden states.
 

@@ -28,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
         mlm_head=False,  # needed by the logit and masked-LM terms
     ))
 
-    # "uniform" | "top" | "bottom" | "3,6,9,12" (one 1-based teacher layer per student layer)
+    # "uniform" | "top" | "bottom" | "spread" | "3,6,9,12" (one 1-based teacher layer per student layer); see
+    # docs/layer_maps.md
     c.layer_map = "uniform"
 
     c.loss = ml_collections.ConfigDict(dict(

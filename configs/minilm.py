@@ -1,4 +1,4 @@
-"""MiniLMv2-style general distillation (REFERENCE.md 3): the last student layer learns the Q-Q, K-K and V-V
+"""MiniLMv2-style general distillation (docs/recipes.md): the last student layer learns the Q-Q, K-K and V-V
 self-attention relations of the teacher's last layer over 48 relation heads; no projection, so the student's
 width and head count are free (default MiniLM L6 x H384).
 

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         source="",  # a GLUE TSV directory or "tfds" (glue/<task> prepared in tfds_data_dir)
         tfds_data_dir="",
-        seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs (REFERENCE.md)
+        seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs (docs/data.md)
     ))
     # Fine-tuned BERT classifier (configs/finetune.py export, or any HF BertForSequenceClassification dir/hub id)
     # check_score: stop at start-up when the teacher's dev score is within chance_margin of chance (a teacher that

@@ -1,4 +1,4 @@
-"""Distillation losses against plain numpy implementations of REFERENCE.md section 1, and layer maps."""
+"""Distillation losses against plain numpy implementations of docs/losses.md, and layer maps."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,7 +144,7 @@ def test_invalid_maps_fail_clearly(spec, message):
     assert "\n" not in str(e.value)
 
 
-# ---- DistilBERT / MiniLM losses (REFERENCE.md sections 2 and 3) against loop-by-loop float64 numpy references
+# ---- DistilBERT / MiniLM losses (docs/losses.md) against loop-by-loop float64 numpy references
 V = 11
 
 

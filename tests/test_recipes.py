@@ -89,6 +89,10 @@ def test_student_presets_and_declarative_terms():
                                           relation_heads=3, relation_layer=0))
     with pytest.raises(InputError, match="relation_heads=3 must divide both widths"):
         resolve_matches(loss, None, student, teacher)
+    loss.relation_heads = 0  # once a ZeroDivisionError traceback
+    with pytest.raises(InputError, match="relation_heads=0 must divide both widths"):
+        resolve_matches(loss, None, student, teacher)
+    loss.relation_heads = 3
     loss.matches = ["att attention_kl 3 4 1"]
     with pytest.raises(InputError, match="layers must be in 1..2"):
         resolve_matches(loss, None, student, teacher)

@@ -1,6 +1,6 @@
 """Tokenise a corpus into BERT pre-training sequences and stream them into ArrayRecord shards (+ metadata.json).
 
-Sequences are built as Google's create_pretraining_data does (see REFERENCE.md, "Pre-training data format"):
+Sequences are built as Google's create_pretraining_data does (Devlin et al. 2019; docs/data.md):
 sentences of a document are accumulated up to a target length (seq_len - 3, or for `short_seq_prob` of the
 sequences a random shorter one), split at a random point into segment A and the true next segment B, or with
 probability 0.5 B is taken from another document; the longer segment is trimmed from a random end until

@@ -1,4 +1,4 @@
-"""Distillation losses as pure functions (REFERENCE.md section 1).
+"""Distillation losses as pure functions (docs/losses.md).
 
 Two modes:
 - `tinybert`: the original code's semantics. Scores <= -100 (masked keys) are zeroed in both tensors, then the
@@ -63,7 +63,7 @@ def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array, tem
     return jnp.sum(jnp.where(valid, elementwise, 0.0)) / jnp.maximum(count, 1)
 
 
-# ---- DistilBERT and MiniLM losses (REFERENCE.md sections 2 and 3)
+# ---- DistilBERT and MiniLM losses (docs/losses.md)
 # Every average below is over valid positions only, with max(count, 1) denominators: a fully padded row, or a fully
 # padded batch, contributes nothing and yields 0 with finite gradients. Padded inputs are replaced by finite values
 # before any softmax/log/division, so -inf or garbage there cannot leak nan into the value or the gradients.

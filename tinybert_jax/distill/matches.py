@@ -119,7 +119,7 @@ def check_matches(matches: tuple[Match, ...], student: BertConfig, teacher: Bert
             raise InputError(f"{where}: compares head by head, student {student.num_attention_heads} heads vs "
                              f"teacher {teacher.num_attention_heads}; use qkv_relation_kl (MiniLMv2) for any "
                              f"head count")
-        if m.loss == "qkv_relation_kl" and (student.hidden_size % relation_heads or
+        if m.loss == "qkv_relation_kl" and (relation_heads < 1 or student.hidden_size % relation_heads or
                                             teacher.hidden_size % relation_heads):
             raise InputError(f"{where}: loss.relation_heads={relation_heads} must divide both widths "
                              f"(student {student.hidden_size}, teacher {teacher.hidden_size})")

@@ -49,7 +49,7 @@ def tinybert_spec(student: BertConfig, teacher: BertConfig, layer_map: LayerMap,
 
 def match_loss(spec: DistillSpec, match: Match, student_out, teacher_out, project: Callable, attention_mask,
                masked_labels) -> jax.Array:
-    """One term's unweighted loss (REFERENCE.md 1-3; the losses themselves are in losses.py)."""
+    """One term's unweighted loss (docs/losses.md; the losses themselves are in losses.py)."""
     s, t = match.student, match.teacher
     if match.loss == "hidden_mse":
         return losses.hidden_mse(project(student_out.hidden_states[s]), teacher_out.hidden_states[t],

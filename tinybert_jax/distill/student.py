@@ -11,7 +11,7 @@ from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, bert_config_from
 
-# name -> sizes (REFERENCE.md: TinyBERT 4L-312 and 6L-768, MiniLM L6xH384, DistilBERT 6 x 768)
+# name -> sizes (docs/recipes.md: TinyBERT 4L-312 and 6L-768, MiniLM L6xH384, DistilBERT 6 x 768)
 PRESETS = {
     "tinybert4": dict(hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200),
     "tinybert6": dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072),

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# TinyBERT distils scores with this additive mask; the value is part of the loss semantics (REFERENCE.md 1).
+# TinyBERT distils scores with this additive mask; the value is part of the loss semantics (docs/losses.md).
 MASK_BIAS = -10000.0
 
 ACTIVATIONS = {

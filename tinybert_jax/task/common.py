@@ -24,7 +24,7 @@ from tinybert_jax.train.loop import LoopSettings, run_loop
 from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.state import create_state, resume_or_load
 
-# REFERENCE.md 1: 64 tokens for single-sentence tasks, 128 for sentence pairs
+# TinyBERT's task lengths (Jiao et al. 2020; docs/data.md): 64 tokens for single sentences, 128 for pairs
 SINGLE_SENTENCE_SEQ_LEN, PAIR_SEQ_LEN = 64, 128
 
 

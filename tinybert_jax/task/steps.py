@@ -32,7 +32,7 @@ def supervised_loss(logits: jax.Array, labels: jax.Array, regression: bool) -> j
 
 def prediction_distill_loss(logits: jax.Array, teacher_logits: jax.Array, temperature: float,
                             regression: bool) -> jax.Array:
-    """TinyBERT stage 2: soft cross-entropy to the teacher (REFERENCE.md 1); for regression the MSE to the
+    """TinyBERT stage 2: soft cross-entropy to the teacher (docs/losses.md); for regression the MSE to the
     teacher's prediction (the original used gold labels there, a confirmed bug)."""
     if regression:
         return jnp.mean(jnp.square(logits[:, 0] - teacher_logits[:, 0]))
