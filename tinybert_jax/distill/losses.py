@@ -13,6 +13,7 @@ import operator
 
 import jax
 import jax.numpy as jnp
+import optax
 
 MODES = ("tinybert", "masked")
 # The original zeroes every score at or below this, i.e. the -10000 additive mask.
@@ -111,8 +112,7 @@ def masked_lm_cross_entropy(logits: jax.Array, labels: jax.Array, label_mask: ja
     selected = label_mask.astype(bool)
     x = jnp.where(selected[..., None], logits.astype(jnp.float32), 0.0)
     safe_labels = jnp.where(selected, labels, 0).astype(jnp.int32)
-    log_probs = jax.nn.log_softmax(x, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+    nll = optax.losses.softmax_cross_entropy_with_integer_labels(x, safe_labels)
     return _masked_mean(nll, selected)
 
 

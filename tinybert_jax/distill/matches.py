@@ -4,7 +4,7 @@ A recipe (TinyBERT, DistilBERT, MiniLM v1/v2) is a preset that expands into thes
 them from `loss.matches`, one "TERM LOSS STUDENT TEACHER WEIGHT" string each (TextBrewer's idea): a list of such
 strings, or one string of them separated by ';' (the command line's form: ml_collections overrides no lists).
 Indices: hidden-state losses count 0 = embedding output .. L = last layer; attention, relation and value losses
-count layers 1..L; logit losses ignore them (write 0).
+count layers 1..L; logit losses ignore them (write 0). Each loss's range and requirements are in registry.py.
 """
 from __future__ import annotations
 
@@ -12,23 +12,10 @@ import dataclasses
 from typing import Optional, Sequence, Union
 
 from tinybert_jax.distill.layer_map import LayerMap
+from tinybert_jax.distill.registry import LOGIT_LOSSES, LOGITS, LOSSES, MASKED_LABELS
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig
 
-# loss -> what it compares (README, "Recipes")
-LOSSES = {
-    "hidden_mse": "hidden states, the student's through the shared projection W_h (TinyBERT)",
-    "hidden_cos": "1 - cosine of hidden states over real tokens; equal widths (DistilBERT)",
-    "attention_mse": "pre-softmax attention scores; equal head counts (TinyBERT)",
-    "attention_kl": "KL of attention distributions; equal head counts (MiniLMv1)",
-    "value_relation_kl": "KL of value-value relations per attention head; equal head counts (MiniLMv1)",
-    "qkv_relation_kl": "KL of Q-Q, K-K and V-V relations over loss.relation_heads heads, any widths (MiniLMv2)",
-    "logits_soft_ce": "soft cross-entropy of MLM logits at loss.temperature, no T^2 (TinyBERT prediction)",
-    "logits_kl": "KL of MLM logits at loss.temperature, times T^2, over real tokens (DistilBERT)",
-    "mlm_ce": "the student's masked-LM cross-entropy on the masked positions; needs no teacher (DistilBERT)",
-}
-HIDDEN_LOSSES = ("hidden_mse", "hidden_cos")
-LOGIT_LOSSES = ("logits_soft_ce", "logits_kl", "mlm_ce")
 PRESETS = ("tinybert", "distilbert", "minilm_v1", "minilm_v2", "custom")
 # preset -> its terms and their default weights (loss.weights.TERM overrides)
 PRESET_WEIGHTS = {
@@ -42,7 +29,7 @@ PRESET_WEIGHTS = {
 @dataclasses.dataclass(frozen=True)
 class Match:
     term: str  # metric name; matches sharing a term are summed into it
-    loss: str  # a key of LOSSES
+    loss: str  # a key of registry.LOSSES
     student: int
     teacher: int
     weight: float
@@ -106,28 +93,15 @@ def check_matches(matches: tuple[Match, ...], student: BertConfig, teacher: Bert
         where = f"term {m.term!r} ({m.loss} student {m.student} <- teacher {m.teacher})"
         if m.loss not in LOSSES:
             raise InputError(f"{where}: unknown loss {m.loss!r}; use one of {sorted(LOSSES)}")
-        lowest = 0 if m.loss in HIDDEN_LOSSES else 1
-        if m.loss not in LOGIT_LOSSES and not (lowest <= m.student <= student.num_hidden_layers and
-                                               lowest <= m.teacher <= teacher.num_hidden_layers):
+        lowest = LOSSES[m.loss].reads.lowest
+        if lowest is not None and not (lowest <= m.student <= student.num_hidden_layers and
+                                       lowest <= m.teacher <= teacher.num_hidden_layers):
             raise InputError(f"{where}: layers must be in {lowest}..{student.num_hidden_layers} (student) and "
                              f"{lowest}..{teacher.num_hidden_layers} (teacher)")
-        if m.loss == "hidden_cos" and student.hidden_size != teacher.hidden_size:
-            raise InputError(f"{where}: cosine needs equal widths, student {student.hidden_size} vs teacher "
-                             f"{teacher.hidden_size}; use hidden_mse (projected) instead")
-        if m.loss in ("attention_mse", "attention_kl", "value_relation_kl") and \
-                student.num_attention_heads != teacher.num_attention_heads:
-            raise InputError(f"{where}: compares head by head, student {student.num_attention_heads} heads vs "
-                             f"teacher {teacher.num_attention_heads}; use qkv_relation_kl (MiniLMv2) for any "
-                             f"head count")
-        if m.loss == "qkv_relation_kl" and (relation_heads < 1 or student.hidden_size % relation_heads or
-                                            teacher.hidden_size % relation_heads):
-            raise InputError(f"{where}: loss.relation_heads={relation_heads} must divide both widths "
-                             f"(student {student.hidden_size}, teacher {teacher.hidden_size})")
-        if m.loss in ("logits_soft_ce", "logits_kl") and not (student.mlm_head and teacher.mlm_head):
-            raise InputError(f"{where}: distils MLM logits: the teacher checkpoint needs its MLM head "
-                             f"(cls.predictions) and the student an MLM head (student.mlm_head=True)")
-        if m.loss == "mlm_ce" and not student.mlm_head:
-            raise InputError(f"{where}: needs a student MLM head (student.mlm_head=True)")
+        for requirement in LOSSES[m.loss].requires:
+            problem = requirement(student, teacher, relation_heads)
+            if problem:
+                raise InputError(f"{where}: {problem}")
 
 
 def teacher_layers_needed(matches: tuple[Match, ...], teacher: BertConfig) -> tuple[int, tuple[int, ...]]:
@@ -141,11 +115,11 @@ def teacher_layers_needed(matches: tuple[Match, ...], teacher: BertConfig) -> tu
 
 
 def uses_masking(matches: tuple[Match, ...]) -> bool:
-    return any(m.loss == "mlm_ce" for m in matches)
+    return any(LOSSES[m.loss].reads is MASKED_LABELS for m in matches)
 
 
 def uses_teacher_logits(matches: tuple[Match, ...]) -> bool:
-    return any(m.loss in ("logits_soft_ce", "logits_kl") for m in matches)
+    return any(LOSSES[m.loss].reads is LOGITS for m in matches)
 
 
 def resolve_matches(loss_config, layer_map: Optional[LayerMap], student: BertConfig, teacher: BertConfig

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tinybert_jax.distill import losses
 from tinybert_jax.distill.layer_map import LayerMap
 from tinybert_jax.distill.matches import PRESET_WEIGHTS, Match, preset_matches, teacher_layers_needed
 from tinybert_jax.distill.projection import HiddenProjection
+from tinybert_jax.distill.registry import LOSSES, Inputs
 from tinybert_jax.models.bert import Bert, BertConfig, cast_to_param_dtypes, unstack_layers
 from tinybert_jax.train.mlm import mask_tokens_weighted
 from tinybert_jax.train.state import TrainState
@@ -47,43 +47,14 @@ def tinybert_spec(student: BertConfig, teacher: BertConfig, layer_map: LayerMap,
                        temperature)
 
 
-def match_loss(spec: DistillSpec, match: Match, student_out, teacher_out, project: Callable, attention_mask,
-               masked_labels) -> jax.Array:
-    """One term's unweighted loss (docs/losses.md; the losses themselves are in losses.py)."""
-    s, t = match.student, match.teacher
-    if match.loss == "hidden_mse":
-        return losses.hidden_mse(project(student_out.hidden_states[s]), teacher_out.hidden_states[t],
-                                 attention_mask, spec.mode)
-    if match.loss == "hidden_cos":
-        return losses.hidden_cosine(student_out.hidden_states[s], teacher_out.hidden_states[t], attention_mask)
-    if match.loss == "attention_mse":
-        return losses.attention_mse(student_out.attention_scores[s - 1], teacher_out.attention_scores[t - 1],
-                                    attention_mask, spec.mode)
-    if match.loss == "attention_kl":
-        return losses.attention_distribution_kl(student_out.attention_scores[s - 1],
-                                                teacher_out.attention_scores[t - 1], attention_mask)
-    if match.loss == "value_relation_kl":
-        return losses.relation_kl(student_out.projections[s - 1][2], teacher_out.projections[t - 1][2],
-                                  spec.student.num_attention_heads, attention_mask)
-    if match.loss == "qkv_relation_kl":
-        return sum(losses.relation_kl(x_s, x_t, spec.relation_heads, attention_mask)
-                   for x_s, x_t in zip(student_out.projections[s - 1], teacher_out.projections[t - 1]))
-    if match.loss == "logits_soft_ce":
-        return losses.soft_cross_entropy(student_out.logits, teacher_out.logits, spec.temperature, attention_mask,
-                                         spec.mode)
-    if match.loss == "logits_kl":
-        return losses.logits_kl(student_out.logits, teacher_out.logits, spec.temperature, attention_mask)
-    labels, chosen = masked_labels
-    return losses.masked_lm_cross_entropy(student_out.logits, labels, chosen)
-
-
 def distillation_losses(spec: DistillSpec, student_out, teacher_out, projection_params, attention_mask,
                         masked_labels=None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(weighted total, {term: unweighted sum of its matches}) for the terms in spec.matches."""
     project = lambda h: spec.projection.apply({"params": projection_params}, h)
+    inputs = Inputs(spec, project, attention_mask, masked_labels)
     total, terms = 0.0, {}
-    for match in spec.matches:
-        value = match_loss(spec, match, student_out, teacher_out, project, attention_mask, masked_labels)
+    for match in spec.matches:  # each term's unweighted loss, computed as its registry entry says
+        value = LOSSES[match.loss](match, student_out, teacher_out, inputs)
         terms[match.term] = terms.get(match.term, 0.0) + value
         total = total + match.weight * value
     return total, terms
