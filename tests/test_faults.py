@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_general import ROOT, command, metrics, run, write_corpus, write_teacher
+from test_general import ROOT, command, last_error, metrics, run, write_corpus, write_teacher
 from tinybert_jax.checkpoint import read_run_state
 
 STEPS = 30
@@ -61,10 +61,10 @@ def assert_same_trajectory(workdir, reference, steps):
 
 
 def error_line(result):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and lines and lines[-1].startswith("error: "), result.stderr[-3000:]
+    """The one error line, and no traceback before it."""
+    line = last_error(result)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    return lines[-1]
+    return line
 
 
 def test_unreadable_newest_checkpoints_are_skipped_and_kept(assets, reference, tmp_path):

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from conftest import make_hf_model
+from test_general import last_error
 
 ROOT = Path(__file__).resolve().parents[1]
 POSITIVE = "good great fine lovely superb".split()
@@ -118,9 +119,8 @@ def test_two_stage_distillation_end_to_end(finetuned):
     # other augmentation settings: the finished stage 1 was trained on other data, so the run is refused at once
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
     other = run_main("task", workdir, *[a.replace("n_a=3", "n_a=4") for a in args])
-    error = other.stderr.strip().splitlines()[-1]
-    assert other.returncode != 0 and error.startswith("error: ") and "stage1 holds stage 1 made from other inputs" \
-        in error and "augment.n_a: 3 vs 4" in error, other.stderr[-2000:]
+    error = last_error(other)
+    assert "stage1 holds stage 1 made from other inputs" in error and "augment.n_a: 3 vs 4" in error, error
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
@@ -164,12 +164,6 @@ def swapped_teacher(source: Path, out: Path, id2label):
     model.save_pretrained(out)
     transformers.AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return out
-
-
-def last_error(result):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and lines and lines[-1].startswith("error: "), result.stderr[-3000:]
-    return lines[-1]
 
 
 def test_teacher_in_another_label_order_is_remapped(finetuned, tmp_path):

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional
 
 import jax
 import numpy as np
+from absl import logging
 
 from tinybert_jax.files import read_json
 
@@ -35,14 +36,6 @@ def digest_texts(*columns: Optional[Iterable[str]]) -> str:
     return sha.hexdigest()[:16]
 
 
-def digest_file(path: str | Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()[:16]
-
-
 def first_difference(saved: dict, current: dict) -> Optional[str]:
     """'key: saved vs current' for the first key whose values differ, or None when they are equal."""
     for key in sorted(set(saved) | set(current)):
@@ -57,6 +50,17 @@ def difference_from_stored(path: Path, current: dict) -> Optional[str]:
         return f"{path.name}: (missing) vs present"
     # A JSON round trip turns tuples into lists: compare in the form the file holds.
     return first_difference(read_json(path), json.loads(json.dumps(current)))
+
+
+def reusable(output: Path, stored: Path, current: dict) -> bool:
+    """Whether `output` exists and its fingerprint file `stored` holds `current`. An output made from other inputs
+    gets a warning naming the first difference; the caller then makes it again (and writes `stored` after it)."""
+    if not output.exists():
+        return False
+    difference = difference_from_stored(stored, current)
+    if difference is not None:
+        logging.warning("%s was made from other inputs (%s): making it again", output, difference)
+    return difference is None
 
 
 def write(path: Path, fingerprint: dict) -> None:

@@ -107,12 +107,8 @@ def training_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, tr
     stored = out_dir / "fingerprint.json"
 
     def augment_once() -> None:
-        difference = (fingerprint.difference_from_stored(stored, augment_fingerprint)
-                      if (out_dir / "metadata.json").is_file() else "none yet")
-        if difference is None:
+        if fingerprint.reusable(out_dir / "metadata.json", stored, augment_fingerprint):
             return
-        if (out_dir / "metadata.json").is_file():
-            logging.warning("%s was made from other inputs (%s): augmenting again", out_dir, difference)
         settings = config.augment
         augmenter = augment.load_augmenter(settings.mlm_path, settings.glove_path or None, k=settings.k,
                                            p_t=settings.p_t, n_a=settings.n_a, seed=config.seed,
@@ -180,11 +176,8 @@ def teacher_logits(teacher_cfg, teacher_params, permutation, train: Arrays, batc
     stored = cache.with_suffix(".json")
 
     def compute_once() -> None:
-        difference = fingerprint.difference_from_stored(stored, logits_fingerprint) if cache.is_file() else "none"
-        if difference is None:
+        if fingerprint.reusable(cache, stored, logits_fingerprint):
             return
-        if cache.is_file():
-            logging.warning("%s was computed from other inputs (%s): computing it again", cache, difference)
         logits = predict(teacher_cfg, teacher_params, train, batch_size, permutation)
         cache.parent.mkdir(parents=True, exist_ok=True)
         with open(cache.with_suffix(".tmp"), "wb") as f:
