@@ -4,14 +4,15 @@ loss 5 * KL(MLM logits, T=2) * T^2 + 2 * masked-LM cross-entropy + 1 * cosine of
 
 python -m tinybert_jax.main --config=configs/distilbert.py --workdir=DIR [--config.key=value ...]
 The teacher needs its MLM head (a BertForMaskedLM / BertForPreTraining checkpoint); the export is a
-BertForMaskedLM.
+BertForMaskedLM. configs/distilbert.py:smoke runs offline in seconds (a tiny teacher pre-trained first).
 """
 import ml_collections
 
-from configs import general
+from configs import common, general
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    smoke = common.variant(arg, "configs/distilbert.py") == "smoke"
     c = general.get_config()
     c.student.preset = "distilbert6"
     c.student.init = "teacher"
@@ -19,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.preset = "distilbert"
     c.loss.weights = ml_collections.ConfigDict(dict(ce=5.0, mlm=2.0, cos=1.0))
     c.loss.temperature = 2.0
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=5e-4, schedule="linear", warmup_ratio=0.05, b1=0.9, b2=0.98, eps=1e-6,
-        weight_decay=0.0, clip_norm=5.0))
+    c.optimizer = common.optimizer(5e-4, warmup_ratio=0.05, b2=0.98, weight_decay=0.0, clip_norm=5.0)
+    if smoke:  # copied from the tiny teacher's layers, so its width
+        common.smoke_distillation(c, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=64)
     return c

@@ -1,17 +1,16 @@
 """TinyBERT general distillation (stage 1 of the paper): BERT-base teacher -> TinyBERT4 student.
 
 python -m tinybert_jax.main --config=configs/general.py --workdir=DIR [--config.key=value ...]
+--config=configs/general.py:smoke runs offline in seconds: it pre-trains a tiny teacher first, as the demo does.
 """
 import ml_collections
 
+from configs import common
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.pipeline = "general"
-    c.seed = 0
-    # Compute dtype of teacher and student matmuls ("float32" | "bfloat16"); they accumulate in float32, and
-    # trainable parameters, optimizer state, the embedding sum, biases, LayerNorm, softmax and losses stay float32.
-    c.dtype = "float32"
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    smoke = common.variant(arg, "configs/general.py") == "smoke"
+    c = common.base("general")
 
     # Pre-trained (not fine-tuned) BERT: HF directory or hub id. Its tokenizer prepares the data.
     c.teacher = ml_collections.ConfigDict(dict(path="bert-base-uncased"))
@@ -40,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
         # distilbert: ce, mlm, cos; minilm_v1: attention, value_relation; minilm_v2: relations
         weights=ml_collections.ConfigDict(dict(embedding=1.0, attention=1.0, hidden=1.0, prediction=0.0)),
         temperature=1.0,  # of the logit terms (prediction, ce)
-        # custom: "TERM LOSS STUDENT TEACHER WEIGHT" strings (README, "Recipes"), a list or one string with ';'
+        # custom: "TERM LOSS STUDENT TEACHER WEIGHT" strings (docs/losses.md), a list or one string with ';'
         # between entries. Typed `object` so that both are accepted: ml_collections overrides no list field from
         # the command line, and a plain str field would refuse a list from an experiment file.
         matches=ml_collections.FieldReference("", field_type=object),
@@ -63,21 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
         num_steps=0,  # > 0 overrides num_epochs
         num_epochs=3.0,
     ))
+    c.optimizer = common.optimizer(1e-4)
 
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw",  # "adamw" | "bert_adam" (original: no bias correction, per-tensor clip, decoupled decay)
-        learning_rate=1e-4, schedule="linear", warmup_ratio=0.1,  # schedule: linear | constant | cosine
-        b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-        clip_norm=1.0,  # global-norm clip for adamw, per-tensor clip for bert_adam; 0 disables
-    ))
-
-    c.mesh = ml_collections.ConfigDict(dict(
-        data=-1,  # -1: all devices not used by fsdp
-        fsdp=1,
-        # logical axis -> mesh axes; parameters name their axes in models/bert.py
-        rules=[("batch", ("data", "fsdp")), ("embed", "fsdp")],
-    ))
-
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
-    c.log = ml_collections.ConfigDict(dict(every_steps=50))
+    if smoke:  # student: half the tiny teacher's depth and width, same head count (attention maps are per head)
+        common.smoke_distillation(c, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=32)
     return c

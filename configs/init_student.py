@@ -1,9 +1,13 @@
 """Build a TinyBERT4-size student (random init, or copied from a Hugging Face checkpoint), print its size, and
-write it as a Flax checkpoint (WORKDIR/flax) and a Hugging Face directory (WORKDIR/hf)."""
+write it as a Flax checkpoint (WORKDIR/flax) and a Hugging Face directory (WORKDIR/hf).
+configs/init_student.py:smoke builds a tiny one."""
 import ml_collections
 
+from configs import common
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    smoke = common.variant(arg, "configs/init_student.py") == "smoke"
     config = ml_collections.ConfigDict()
     config.pipeline = "init_student"
     config.seed = 0
@@ -14,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, initializer_range=0.02,
         dtype="float32", param_dtype="float32", pooler=True, mlm_head=False, num_labels=0,
     ))
+    if smoke:
+        config.model.update(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=64)
     config.export = ml_collections.ConfigDict(dict(
         hf=True,  # also write a Hugging Face directory
         tokenizer="",  # directory whose tokenizer files are copied into the export ("" = none)

@@ -3,23 +3,17 @@
 python -m tinybert_jax.main --config=configs/task.py --workdir=DIR --config.task=sst2 \
     --config.data.source=glue_data/SST-2 --config.teacher.path=TEACHER_EXPORT --config.student.init=GENERAL_WORKDIR
 Stages: augmentation, stage 1 (intermediate layers), stage 2 (prediction layer), export, report (see README).
+configs/task.py:smoke trains each stage a few short steps without augmentation (the paths still come from the
+command line).
 """
 import ml_collections
 
-
-def optimizer(learning_rate: float, schedule: str, warmup_ratio: float) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(name="adamw", learning_rate=learning_rate, schedule=schedule,
-                                          warmup_ratio=warmup_ratio, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-                                          clip_norm=1.0))
+from configs import common
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.pipeline = "task"
-    c.seed = 0
-    # Compute dtype of teacher and student matmuls ("float32" | "bfloat16"); they accumulate in float32, and
-    # trainable parameters, optimizer state, the embedding sum, biases, LayerNorm, softmax and losses stay float32.
-    c.dtype = "float32"
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    smoke = common.variant(arg, "configs/task.py") == "smoke"
+    c = common.base("task", keep=2)
     c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli
     c.data = ml_collections.ConfigDict(dict(
         source="",  # a GLUE TSV directory or "tfds" (glue/<task> prepared in tfds_data_dir)
@@ -39,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
         preset="tinybert", mode="tinybert",
         weights=ml_collections.ConfigDict(dict(embedding=1.0, attention=1.0, hidden=1.0)),
         matches=ml_collections.FieldReference("", field_type=object),  # a list or a ';'-string, as in general.py
-        relation_heads=12, relation_layer=0, temperature=1.0))
+        relation_heads=12, relation_layer=0))
 
     c.augment = ml_collections.ConfigDict(dict(
         enabled=True,
@@ -49,14 +43,19 @@ def get_config() -> ml_collections.ConfigDict:
         batch_size=64,  # masked variants per MLM forward
         max_seq_len=128,  # MLM input [CLS] masked [SEP] original [SEP]; at most the MLM's max positions
     ))
-    # Stage 1: intermediate layers, constant LR (paper: 20 epochs; the released scripts use 10)
+    # The stages differ in optimizer: stage 1 intermediate layers at a constant LR (paper: 20 epochs; the released
+    # scripts use 10); stage 2 the prediction layer, LR in {1e-5, 2e-5, 3e-5}, 10% warm-up + linear decay.
     c.stage1 = ml_collections.ConfigDict(dict(batch_size=32, num_epochs=10.0, num_steps=0,
-                                              optimizer=optimizer(5e-5, "constant", 0.0)))
-    # Stage 2: prediction layer, LR in {1e-5, 2e-5, 3e-5}, 10% warm-up + linear decay
+                                              optimizer=common.optimizer(5e-5, "constant", 0.0)))
     c.stage2 = ml_collections.ConfigDict(dict(batch_size=32, num_epochs=3.0, num_steps=0, temperature=1.0,
-                                              optimizer=optimizer(3e-5, "linear", 0.1)))
+                                              optimizer=common.optimizer(3e-5, "linear", 0.1)))
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=64))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=[("batch", ("data", "fsdp")), ("embed", "fsdp")]))
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2))
-    c.log = ml_collections.ConfigDict(dict(every_steps=50))
+    if smoke:
+        c.augment.enabled = False
+        for stage in (c.stage1, c.stage2):
+            stage.update(batch_size=16, num_steps=20)
+            stage.optimizer.learning_rate = 1e-3
+        c.eval.update(every_steps=10, batch_size=32)
+        c.checkpoint.every_steps = 10
+        c.log.every_steps = 5
     return c

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from test_general import ROOT, command, last_error, metrics, run, write_corpus, write_teacher
-from tinybert_jax.checkpoint import read_run_state
+from run_state import read_run_state
 
 STEPS = 30
 SETTINGS = ["--config.optimizer.schedule=constant", "--config.optimizer.warmup_ratio=0",

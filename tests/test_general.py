@@ -100,7 +100,7 @@ def test_losses_fall_metrics_and_export(reference_run):
 
 def test_export_carries_the_trained_projection(reference_run):
     from flax import serialization
-    from tinybert_jax.checkpoint import read_run_state
+    from run_state import read_run_state
 
     exported = serialization.msgpack_restore((reference_run / "export" / "projection.msgpack").read_bytes())
     trained = read_run_state(reference_run / "checkpoints", STEPS)["params"]["projection"]

@@ -6,7 +6,7 @@ import sklearn.metrics
 import tensorflow_datasets as tfds
 import transformers
 
-from tinybert_jax import metrics
+from tinybert_jax.task import glue_metrics as metrics
 from tinybert_jax.data import glue
 from tinybert_jax.data.glue import (
     TaskExamples,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from test_general import ROOT, STUDENT, metrics, write_corpus, write_teacher
-from tinybert_jax.checkpoint import read_run_state
+from run_state import read_run_state
 
 TERMS = ("loss", "embedding", "attention", "hidden")
 STEPS = 20
@@ -95,12 +95,13 @@ SHARDING_CHECK = textwrap.dedent("""
     import sys
     import jax
     from tinybert_jax import convert, sharding
-    from tinybert_jax.distill.general import init_trainable
+    from tinybert_jax.distill.matches import preset_matches
+    from tinybert_jax.distill.spec import init_trainable
     from tinybert_jax.distill.layer_map import resolve_layer_map
-    from tinybert_jax.distill.step import tinybert_spec, trim_teacher
+    from tinybert_jax.distill.step import DistillSpec, trim_teacher
     from tinybert_jax.models.bert import BertConfig, abstract_params
     from tinybert_jax.train.optimizer import make_optimizer
-    from tinybert_jax.train.state import create_state
+    from tinybert_jax.train.engine import create_state
     from configs import general
 
     config = general.get_config()
@@ -110,7 +111,9 @@ SHARDING_CHECK = textwrap.dedent("""
     student_cfg = BertConfig(vocab_size=teacher_cfg.vocab_size, hidden_size=16, num_hidden_layers=2,
                              num_attention_heads=4, intermediate_size=24, max_position_embeddings=64)
     teacher_cfg, teacher = trim_teacher(teacher_cfg, teacher, 4, keep_mlm_head=False)
-    spec = tinybert_spec(student_cfg, teacher_cfg, resolve_layer_map("uniform", 4, 2), "tinybert", {"hidden": 1.0})
+    terms = {"embedding": 0.0, "attention": 0.0, "hidden": 1.0, "prediction": 0.0}
+    layer_map = resolve_layer_map("uniform", 4, 2)
+    spec = DistillSpec(student_cfg, teacher_cfg, preset_matches("tinybert", terms, layer_map, student_cfg, teacher_cfg))
     tx, _ = make_optimizer(config.optimizer, 10)
     state, _ = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, rules)
     teacher = sharding.put_sharded(teacher, sharding.shardings_of(abstract_params(teacher_cfg), mesh, rules))

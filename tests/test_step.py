@@ -8,12 +8,13 @@ import pytest
 
 from conftest import padded_batch
 from tinybert_jax import sharding
-from tinybert_jax.distill.general import init_trainable
+from tinybert_jax.distill.matches import preset_matches
+from tinybert_jax.distill.spec import init_trainable
 from tinybert_jax.distill.layer_map import resolve_layer_map
-from tinybert_jax.distill.step import make_distill_step, tinybert_spec, trim_teacher
+from tinybert_jax.distill.step import DistillSpec, make_distill_step, trim_teacher
 from tinybert_jax.models.bert import BertConfig, abstract_params, init_params
 from tinybert_jax.train.optimizer import make_optimizer
-from tinybert_jax.train.state import create_state
+from tinybert_jax.train.engine import create_state
 
 TEACHER = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
                      max_position_embeddings=16, mlm_head=True)
@@ -34,7 +35,9 @@ def setup(weights=(("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0)), mod
     teacher_cfg, teacher_params = trim_teacher(TEACHER, teacher_params,
                                                TEACHER.num_hidden_layers if predict else lm.teacher_depth, predict,
                                                dtype=dtype)
-    spec = tinybert_spec(STUDENT.replace(dtype=dtype), teacher_cfg, lm, mode, dict(weights), temperature=1.0)
+    student = STUDENT.replace(dtype=dtype)
+    terms = {"embedding": 0.0, "attention": 0.0, "hidden": 0.0, "prediction": 0.0, **dict(weights)}
+    spec = DistillSpec(student, teacher_cfg, preset_matches("tinybert", terms, lm, student, teacher_cfg), mode)
     tx, schedule = make_optimizer(optimizer_config(opt), 100)
     mesh = sharding.make_mesh(-1, 1)
     state, _ = create_state(lambda rng: init_trainable(spec, rng), tx, 0, mesh, [])

@@ -59,9 +59,9 @@ def finetuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("task")
     data = write_sst2(root / "SST-2")
     pretrained = save_model(root / "pretrained", "BertForMaskedLM")
-    result = run_main("finetune", root / "teacher", f"--config.data.source={data}", f"--config.model.path={pretrained}",
+    result = run_main("finetune", root / "teacher", f"--config.data.source={data}", f"--config.teacher.path={pretrained}",
                       "--config.train.batch_size=16", "--config.train.num_epochs=25",
-                      "--config.train.optimizer.learning_rate=1e-3", "--config.eval.every_steps=50",
+                      "--config.optimizer.learning_rate=1e-3", "--config.eval.every_steps=50",
                       "--config.log.every_steps=10")
     assert result.returncode == 0, result.stderr[-3000:]
     return root, data, pretrained
@@ -220,8 +220,8 @@ def test_regression_stage2_distils_the_teachers_predictions(finetuned, tmp_path)
     teacher_run = tmp_path / "teacher"
     result = run_main("finetune", teacher_run, "--config.task=stsb",
                       f"--config.data.source={write_stsb(tmp_path / 'STS-B')}",
-                      f"--config.model.path={pretrained}", "--config.data.seq_len=32", "--config.train.batch_size=16",
-                      "--config.train.num_epochs=20", "--config.train.optimizer.learning_rate=2e-3",
+                      f"--config.teacher.path={pretrained}", "--config.data.seq_len=32", "--config.train.batch_size=16",
+                      "--config.train.num_epochs=20", "--config.optimizer.learning_rate=2e-3",
                       "--config.eval.every_steps=50")
     assert result.returncode == 0, result.stderr[-3000:]
     student = save_model(tmp_path / "student", "BertModel", hidden_size=16, intermediate_size=24)

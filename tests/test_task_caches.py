@@ -12,7 +12,9 @@ from tinybert_jax import convert
 from tinybert_jax.data import glue
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, init_params
-from tinybert_jax.task import fingerprint, pipeline
+from tinybert_jax.distill.projection import PROJECTION_FILE
+from tinybert_jax.pipelines import task as pipeline
+from tinybert_jax.task import fingerprint
 from tinybert_jax.task.evaluate import chance_score, predict
 
 TEACHER = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
@@ -78,7 +80,7 @@ def student_export(directory, hidden, projection_shape=None):
         rng = np.random.default_rng(0)
         projection = {"dense": {"kernel": rng.normal(size=projection_shape).astype(np.float32),
                                 "bias": rng.normal(size=projection_shape[1:]).astype(np.float32)}}
-        extra = {pipeline.PROJECTION_FILE: serialization.msgpack_serialize(projection)}
+        extra = {PROJECTION_FILE: serialization.msgpack_serialize(projection)}
     convert.save_hf_bert(cfg, init_params(cfg, jax.random.key(1)), directory / "export", extra_files=extra)
     return (projection if extra else None), ml_collections.ConfigDict({"student": {"init": str(directory)}})
 
@@ -91,7 +93,7 @@ def test_stage1_starts_from_the_general_distillation_projection(tmp_path):
     # another teacher width: the saved W_h does not fit and stage 1 starts it from random
     assert pipeline.load_student(config, TEACHER.replace(hidden_size=48, intermediate_size=64))[2] is None
     assert pipeline.load_student(student_export(tmp_path / "none", 16)[1], TEACHER)[2] is None
-    (tmp_path / "general" / "export" / pipeline.PROJECTION_FILE).write_bytes(b"\x00garbage")
+    (tmp_path / "general" / "export" / PROJECTION_FILE).write_bytes(b"\x00garbage")
     with pytest.raises(InputError, match="projection.msgpack: not a saved projection"):
         pipeline.load_student(config, TEACHER)
 

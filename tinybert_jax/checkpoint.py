@@ -153,14 +153,3 @@ def _check_same_run(saved: dict, current: dict, directory: Path) -> None:
             detail = f"{saved.get(key)} vs {value}"
         raise InputError(f"{directory} holds a checkpoint of a different run ({key}: {detail}); use another "
                          f"--workdir, or the same settings to resume")
-
-
-def read_run_state(directory: Path, step: int) -> Any:
-    """The train state saved at `step` by RunCheckpoints in `directory`, as host numpy arrays (for inspection and
-    comparison, whatever mesh it was saved from)."""
-    path = Path(directory).absolute() / str(step) / "state"
-    with ocp.StandardCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(path).item_metadata
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-        return jax.device_get(checkpointer.restore(path, target))

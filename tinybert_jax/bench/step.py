@@ -10,18 +10,16 @@ import numpy as np
 
 from tinybert_jax import sharding
 from tinybert_jax.bench.timing import encoder_flops, time_calls
-from tinybert_jax.distill.general import init_trainable
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import (check_matches, preset_matches, teacher_layers_needed, uses_masking,
                                          uses_teacher_logits)
 from tinybert_jax.convert import hf_state_dict
-from tinybert_jax.distill.step import (DistillSpec, distillation_losses, make_distill_step, tinybert_spec,
-                                       trim_teacher)
+from tinybert_jax.distill.spec import init_trainable
+from tinybert_jax.distill.step import DistillSpec, distillation_losses, make_distill_step, trim_teacher
 from tinybert_jax.models.bert import Bert, BertConfig, init_params
 from tinybert_jax.train.optimizer import make_optimizer
-from tinybert_jax.train.state import create_state
+from tinybert_jax.train.engine import create_state
 
-WEIGHTS = (("embedding", 1.0), ("attention", 1.0), ("hidden", 1.0))
 MASK_ID = 4  # random_batch draws ids from 5 up, so [MASK] and the other specials are below
 ADAMW = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-4, schedule="linear", warmup_ratio=0.1,
                                        b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
@@ -53,14 +51,14 @@ def step_flops(spec: DistillSpec, seq_len: int) -> float:
 
 
 def recipe_spec(recipe: str, teacher: BertConfig, student: BertConfig, relation_heads: int) -> DistillSpec:
-    """The spec of a recipe preset with its default weights (TinyBERT: the general stage's three terms); its
-    teacher is not trimmed yet."""
+    """The spec of a recipe preset with its default weights (TinyBERT: the general stage's three terms, uniform
+    layer map); its teacher is not trimmed yet."""
+    layer_map = None
     if recipe == "tinybert":
         layer_map = resolve_layer_map("uniform", teacher.num_hidden_layers, student.num_hidden_layers)
-        return tinybert_spec(student, teacher, layer_map, "tinybert", dict(WEIGHTS))
     if recipe == "distilbert":  # the MLM heads and in-step masking come with the recipe
         teacher, student = teacher.replace(mlm_head=True), student.replace(mlm_head=True)
-    matches = preset_matches(recipe, {}, None, student, teacher)
+    matches = preset_matches(recipe, {}, layer_map, student, teacher)
     check_matches(matches, student, teacher, relation_heads)
     return DistillSpec(student, teacher, matches, relation_heads=relation_heads, temperature=2.0,
                        mask_id=MASK_ID if uses_masking(matches) else -1)

@@ -59,7 +59,7 @@ class GlueTask:
     label_column: str  # TSV header name of the label
     tsv_labels: tuple[str, ...]  # how each canonical label is written in the TSV files
     tfds_text_features: tuple[str, ...]  # TFDS feature names of the text fields, in text_columns' order
-    metrics: tuple[str, ...] = ("accuracy",)  # keys of `tinybert_jax.metrics.task_metrics`
+    metrics: tuple[str, ...] = ("accuracy",)  # keys of `tinybert_jax.task.glue_metrics.task_metrics`
     main_metric: str = "accuracy"  # selects the best checkpoint, on dev_splits[0]
     dev_splits: tuple[str, ...] = ("dev",)
     headerless_columns: tuple[str, ...] = ()  # column names of TSV files without a header row (CoLA)

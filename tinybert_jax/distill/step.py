@@ -9,13 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tinybert_jax.distill.layer_map import LayerMap
-from tinybert_jax.distill.matches import PRESET_WEIGHTS, Match, preset_matches, teacher_layers_needed
+from tinybert_jax.distill.matches import Match, teacher_layers_needed
 from tinybert_jax.distill.projection import HiddenProjection
 from tinybert_jax.distill.registry import LOSSES, Inputs
 from tinybert_jax.models.bert import Bert, BertConfig, cast_to_param_dtypes, unstack_layers
 from tinybert_jax.train.mlm import mask_tokens_weighted
-from tinybert_jax.train.state import TrainState
+from tinybert_jax.train.state import TrainState, apply_gradients
 
 @dataclasses.dataclass(frozen=True)
 class DistillSpec:
@@ -37,14 +36,6 @@ class DistillSpec:
     @property
     def teacher_output_layers(self) -> tuple[int, ...]:
         return teacher_layers_needed(self.matches, self.teacher)[1]
-
-
-def tinybert_spec(student: BertConfig, teacher: BertConfig, layer_map: LayerMap, mode: str,
-                  weights: dict[str, float], temperature: float = 1.0) -> DistillSpec:
-    """The TinyBERT recipe's spec: the embedding, attention, hidden and prediction terms named in `weights`."""
-    weights = {term: weights.get(term, 0.0) for term in PRESET_WEIGHTS["tinybert"]}
-    return DistillSpec(student, teacher, preset_matches("tinybert", weights, layer_map, student, teacher), mode,
-                       temperature)
 
 
 def distillation_losses(spec: DistillSpec, student_out, teacher_out, projection_params, attention_mask,
@@ -90,11 +81,7 @@ def make_distill_step(spec: DistillSpec, tx: optax.GradientTransformation, sched
                                        batch["attention_mask"], masked_labels)
 
         (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {**terms, "loss": total, "learning_rate": schedule(state.step),
-                   "grad_norm": optax.global_norm(grads)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+        return apply_gradients(state, rng, grads, {**terms, "loss": total}, tx, schedule)
 
     return step
 

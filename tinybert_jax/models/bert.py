@@ -365,8 +365,3 @@ def cast_to_param_dtypes(cfg: BertConfig, params: dict[str, Any]) -> dict[str, A
     LayerNorm parameters and biases float32. (Leaves by position: `params` must have the model's structure.)"""
     declared = nn.meta.unbox(abstract_params(cfg))
     return jax.tree.map(lambda x, want: np.asarray(x).astype(want.dtype), params, declared)
-
-
-def param_logical_axes(cfg: BertConfig) -> dict[str, Any]:
-    """The logical axis names of every parameter, as a tree of PartitionSpecs."""
-    return nn.get_partition_spec(abstract_params(cfg))

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 import grain
+import ml_collections
 import numpy as np
 
+from tinybert_jax.data import glue
 from tinybert_jax.data.loader import global_batches
 from tinybert_jax.errors import InputError
 
 Arrays = dict[str, np.ndarray]  # input_ids, token_type_ids, attention_mask [N, T], labels [N], ...
+SINGLE_SENTENCE_SEQ_LEN, PAIR_SEQ_LEN = 64, 128
 
 
 class ArrayRows:
@@ -52,3 +55,14 @@ def eval_batches(arrays: Arrays, batch_size: int) -> Iterator[tuple[Arrays, int]
         rows = min(batch_size, total - start)
         index = np.minimum(np.arange(start, start + batch_size), total - 1)
         yield {name: values[index] for name, values in arrays.items()}, rows
+
+
+def seq_len_for(task: glue.GlueTask, configured: int) -> int:
+    """data.seq_len, or when 0 TinyBERT's task lengths (docs/data.md): 64 for single sentences, 128 for pairs."""
+    return configured or (SINGLE_SENTENCE_SEQ_LEN if len(task.text_columns) == 1 else PAIR_SEQ_LEN)
+
+
+def load_dev_sets(task: glue.GlueTask, data: ml_collections.ConfigDict, tokenizer, seq_len: int) -> dict[str, Arrays]:
+    """Every dev split of the task (MNLI: matched and mismatched), encoded."""
+    return {split: glue.encode(glue.read_split(task, data.source, split, data.tfds_data_dir), tokenizer, seq_len)
+            for split in task.dev_splits}

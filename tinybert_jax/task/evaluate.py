@@ -11,7 +11,7 @@ from absl import logging
 
 from tinybert_jax import convert, distributed, sharding
 from tinybert_jax.data.glue import GlueTask
-from tinybert_jax.metrics import task_metrics
+from tinybert_jax.task.glue_metrics import task_metrics
 from tinybert_jax.models.bert import BertConfig
 from tinybert_jax.task.data import Arrays, eval_batches
 from tinybert_jax.task.steps import classifier_logits

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from tinybert_jax.distill.matches import match_entries
 from tinybert_jax.files import read_json
 
 
@@ -68,3 +69,27 @@ def write(path: Path, fingerprint: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def task_fingerprints(config, task_name: str, train, seq_len: int, teacher_params: Any, permutation,
+                      student_params: Any, projection: Any) -> dict[str, dict]:
+    """What each cached output of the task pipeline depends on (README, "Task-specific distillation": caches and
+    fingerprints): the augmented data, stage 1 and the teacher's logits. `train` is the original training set."""
+    data = {"task": task_name, "data.source": str(config.data.source),
+            "data.tfds_data_dir": config.data.tfds_data_dir, "train.examples": len(train),
+            "train.digest": digest_texts(train.text_a, train.text_b) + digest_arrays(train.labels)}
+    augmented = {**data, "seed": config.seed, "augment.enabled": config.augment.enabled}
+    if config.augment.enabled:
+        augmented.update({f"augment.{key}": config.augment[key]
+                          for key in ("mlm_path", "glove_path", "k", "p_t", "n_a", "max_seq_len")})
+        if config.augment.glove_path:
+            augmented["augment.glove_bytes"] = Path(config.augment.glove_path).stat().st_size
+    teacher = {"teacher.path": str(config.teacher.path), "teacher.weights": digest_arrays(teacher_params),
+               "teacher.label_permutation": None if permutation is None else permutation.tolist(),
+               "data.seq_len": seq_len}
+    stage1 = {**augmented, **teacher, "student.init": str(config.student.init),
+              "student.weights": digest_arrays(student_params),
+              "projection.weights": None if projection is None else digest_arrays(projection),
+              "dtype": config.dtype, "layer_map": str(config.layer_map), "loss.preset": config.loss.preset,
+              "loss.mode": config.loss.mode, "loss.matches": "; ".join(match_entries(config.loss.matches))}
+    return {"augmented": augmented, "stage1": stage1, "teacher_logits": {**augmented, **teacher}}

@@ -9,7 +9,7 @@ import optax
 
 from tinybert_jax.distill.losses import soft_cross_entropy
 from tinybert_jax.models.bert import Bert, BertConfig
-from tinybert_jax.train.state import TrainState
+from tinybert_jax.train.state import TrainState, apply_gradients
 
 
 def classifier_logits(cfg: BertConfig) -> Callable[..., jax.Array]:
@@ -54,9 +54,6 @@ def make_task_step(cfg: BertConfig, tx: optax.GradientTransformation, schedule: 
             return prediction_distill_loss(logits, batch["teacher_logits"], temperature, regression)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        metrics = {"loss": loss, "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads)}
-        return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state, rng=rng), metrics
+        return apply_gradients(state, rng, grads, {"loss": loss}, tx, schedule)
 
     return step

@@ -27,10 +27,34 @@ class LoopSettings:
     eval_every_steps: int = 0  # > 0: call `evaluate` then and at the end
 
 
+@dataclasses.dataclass
+class LoopRecord:
+    """What a run did, for its summary: the steps it ran, the first and last logged metrics, and its rate."""
+
+    desc: str
+    num_steps: int
+    start_step: int  # the step it resumed from (0: a fresh run)
+    first: dict[str, float] = dataclasses.field(default_factory=dict)
+    last: dict[str, float] = dataclasses.field(default_factory=dict)
+    # examples/s after the first logged interval (which includes compilation), or over it when it is the only one
+    examples_per_s: float = float("nan")
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(name, value) rows: what ran, first -> last of each logged quantity, examples/s."""
+        if not self.last:
+            return [(self.desc, f"already done ({self.num_steps} steps)")]
+        ran = f"steps {self.start_step + 1}-{self.num_steps}" + (" (resumed)" if self.start_step else "")
+        rows = [(self.desc, ran)]
+        rows += [(f"  {name}", f"{self.first[name]:.4g} -> {value:.4g}") for name, value in self.last.items()
+                 if name not in ("learning_rate", "examples_per_s")]
+        return rows + [("  examples/s", f"{self.examples_per_s:.1f}")]
+
+
 def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
              data_iterator: Iterator[dict], mesh: jax.sharding.Mesh, checkpoints: RunCheckpoints, meta: dict,
              workdir: Path, settings: LoopSettings,
-             evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None) -> TrainState:
+             evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None
+             ) -> tuple[TrainState, LoopRecord]:
     """Runs from the state's step to settings.num_steps; logs every log_every_steps and at the end. A SIGTERM or
     SIGINT ends the step in progress, checkpoints it and raises Preempted. A step whose metrics (loss, terms,
     gradient norm) are not finite raises TrainingDiverged.
@@ -39,6 +63,8 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
     end, before that step's checkpoint.
     """
     start = int(jax.device_get(state.step))
+    record = LoopRecord(settings.desc, settings.num_steps, start)
+    rate_since = None  # (step, time) at the end of the first logged interval
     writer = MetricsWriter(workdir, enabled=distributed.is_leader())
     bar = progress_bar(settings.num_steps, start, settings.desc)
     last_log_step, last_log_time = start, time.perf_counter()
@@ -64,6 +90,13 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
                     now = time.perf_counter()
                     values["examples_per_s"] = ((step - last_log_step) * settings.global_batch_size /
                                                 (now - last_log_time))
+                    record.first = record.first or values
+                    record.last = values
+                    if rate_since is None:
+                        rate_since, record.examples_per_s = (step, now), values["examples_per_s"]
+                    elif step > rate_since[0]:
+                        record.examples_per_s = ((step - rate_since[0]) * settings.global_batch_size /
+                                                 (now - rate_since[1]))
                     last_log_step, last_log_time = step, now
                     writer.write(step, values)
                     bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
@@ -80,7 +113,7 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
             bar.close()
             writer.close()
             checkpoints.close()
-    return state
+    return state, record
 
 
 def check_finite(step: int, metrics: dict, checkpoints: RunCheckpoints) -> dict[str, float]:

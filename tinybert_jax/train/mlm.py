@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from tinybert_jax.models.bert import Bert, BertConfig
-from tinybert_jax.train.state import TrainState
+from tinybert_jax.train.state import TrainState, apply_gradients
 
 
 def mask_tokens(rng: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, special_ids: tuple[int, ...],
@@ -98,10 +98,6 @@ def make_mlm_step(cfg: BertConfig, tx: optax.GradientTransformation, schedule: C
             return masked_lm_loss(out.logits, batch["input_ids"], chosen)
 
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        metrics = {"loss": loss, "mlm_accuracy": accuracy, "learning_rate": schedule(state.step),
-                   "grad_norm": optax.global_norm(grads)}
-        return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state, rng=rng), metrics
+        return apply_gradients(state, rng, grads, {"loss": loss, "mlm_accuracy": accuracy}, tx, schedule)
 
     return step

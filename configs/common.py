@@ -1,0 +1,76 @@
+"""What every experiment config shares: the optimizer, the mesh with its one logical-axis rules table, checkpoint
+and log settings, the variant argument, and the tiny teacher the smoke variants pre-train offline."""
+import ml_collections
+
+VARIANTS = ("", "smoke")  # get_config(arg): "" the experiment as documented, "smoke" seconds on a CPU
+
+
+def variant(arg, config_file: str) -> str:
+    """The config argument (`--config=configs/NAME.py:ARG`), checked."""
+    arg = arg or ""
+    if arg not in VARIANTS:
+        raise ValueError(f"{config_file}: unknown variant {arg!r}; use one of {[v for v in VARIANTS if v]} or none")
+    return arg
+
+
+def optimizer(learning_rate: float = 1e-4, schedule: str = "linear", warmup_ratio: float = 0.1,
+              **overrides) -> ml_collections.ConfigDict:
+    """name: "adamw" | "bert_adam" (original: no bias correction, per-tensor clip, decoupled decay);
+    schedule: linear | constant | cosine; clip_norm: global-norm clip for adamw, per-tensor clip for bert_adam,
+    0 disables."""
+    settings = dict(name="adamw", learning_rate=learning_rate, schedule=schedule, warmup_ratio=warmup_ratio, b1=0.9,
+                    b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0)
+    return ml_collections.ConfigDict({**settings, **overrides})
+
+
+def mesh() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        data=-1,  # -1: all devices not used by fsdp
+        fsdp=1,
+        # logical axis -> mesh axes (the one rules table); parameters name their axes in models/bert.py
+        rules=[("batch", ("data", "fsdp")), ("embed", "fsdp")],
+    ))
+
+
+def base(pipeline: str, keep: int = 3) -> ml_collections.ConfigDict:
+    """The keys every experiment has."""
+    c = ml_collections.ConfigDict()
+    c.pipeline = pipeline
+    c.seed = 0
+    # Compute dtype of teacher and student matmuls ("float32" | "bfloat16"); they accumulate in float32, and
+    # trainable parameters, optimizer state, the embedding sum, biases, LayerNorm, softmax and losses stay float32.
+    c.dtype = "float32"
+    c.mesh = mesh()
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=keep))
+    c.log = ml_collections.ConfigDict(dict(every_steps=50))
+    return c
+
+
+def teacher_training(smoke: bool) -> ml_collections.ConfigDict:
+    """The masked-LM teacher the demo (and every smoke variant of a general recipe) trains on the embedded corpus,
+    since no teacher can be downloaded offline."""
+    model = (dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=64) if smoke else
+             dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+                  max_position_embeddings=128))
+    return ml_collections.ConfigDict(dict(
+        vocab_size=1024 if smoke else 4096,  # WordPiece vocabulary learned from the corpus
+        model=ml_collections.ConfigDict(dict(**model, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)),
+        batch_size=16 if smoke else 32, num_steps=20 if smoke else 600, mask_prob=0.15,
+        checkpoint_every_steps=200,
+        optimizer=optimizer(1e-3, warmup_ratio=0.05, b2=0.98),
+    ))
+
+
+def smoke_distillation(c: ml_collections.ConfigDict, **student) -> None:
+    """Turns a general recipe into its smoke variant: the demo pipeline (a tiny teacher pre-trained in
+    WORKDIR/teacher), a tiny student, a few short steps."""
+    c.pipeline = "demo"
+    c.teacher.path = ""  # set by the demo pipeline to WORKDIR/teacher/export
+    c.teacher_training = teacher_training(smoke=True)
+    c.student.update(preset="", **student)
+    c.data.seq_len = 32
+    c.train.update(batch_size=8, num_steps=20)
+    c.optimizer.update(learning_rate=1e-3)
+    c.checkpoint.every_steps = 10
+    c.log.every_steps = 5

@@ -1,0 +1,217 @@
+"""The `task` pipeline: TinyBERT task-specific distillation (README, "Task-specific distillation"), resumable stage
+by stage.
+
+  check    the teacher's dev score is compared with chance before anything else runs
+  augment  -> WORKDIR/augmented   TinyBERT data augmentation of the training set (skipped when augment.enabled=False)
+  stage 1  -> WORKDIR/stage1      intermediate layers (embedding, attention, hidden) on the (augmented) data
+  stage 2  -> WORKDIR/stage2      prediction layer: soft cross-entropy to the teacher's logits, computed once
+  export   -> WORKDIR/export      best-on-dev student as a Hugging Face BertForSequenceClassification
+  report   -> WORKDIR/report.json teacher and student dev scores, retention
+A stage whose output exists is skipped on re-run; a stage interrupted half-way resumes from its checkpoint.
+Each output carries a fingerprint of what produced it (task.fingerprint): caches made from other inputs are made
+again, a finished or half-done stage from other inputs is refused.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from tinybert_jax import convert, distributed, hf_checkpoint, report, sharding
+from tinybert_jax.data import augment, glue
+from tinybert_jax.data.prepare import load_tokenizer
+from tinybert_jax.distill.projection import load_projection
+from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, init_trainable, run_meta, \
+    with_trimmed_teacher
+from tinybert_jax.distill.step import make_distill_step
+from tinybert_jax.errors import InputError
+from tinybert_jax.models.bert import BertConfig, abstract_params
+from tinybert_jax.task import classifier, fingerprint
+from tinybert_jax.task.data import Arrays, count, load_dev_sets, seq_len_for, train_iterator
+from tinybert_jax.task.evaluate import chance_score, evaluate, main_score, predict
+from tinybert_jax.train import engine
+from tinybert_jax.train.loop import LoopRecord
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    workdir = Path(workdir)
+    task = glue.get_task(config.task)
+    dtype = compute_dtype(config)
+    teacher_dir, teacher_cfg, teacher_params, permutation = load_teacher(config, task)
+    teacher_cfg = teacher_cfg.replace(dtype=dtype)
+    student_cfg, student_params, projection = load_student(config, teacher_cfg)
+    student_cfg = student_cfg.replace(dtype=dtype)
+    tokenizer = load_tokenizer(str(teacher_dir))
+    seq_len = seq_len_for(task, config.data.seq_len)
+    dev_sets = load_dev_sets(task, config.data, tokenizer, seq_len)
+    teacher_scores = evaluate(task, teacher_cfg, teacher_params, dev_sets, config.eval.batch_size, permutation)
+    check_teacher(config, task, teacher_scores, dev_sets)
+
+    original = glue.read_split(task, config.data.source, "train", config.data.tfds_data_dir)
+    prints = fingerprint.task_fingerprints(config, task.name, original, seq_len, teacher_params, permutation,
+                                           student_params, projection)
+    check_stage(workdir / "stage1", prints["stage1"], "stage 1")  # before hours of augmentation
+    train = glue.encode(training_examples(config, original, prints["augmented"], workdir), tokenizer, seq_len)
+    logging.info("%s: %d training examples%s", task.name, count(train),
+                 " (augmented)" if config.augment.enabled else "")
+
+    rows = []
+    if not (workdir / "stage1" / "student" / "bert_config.json").is_file():
+        initial = {"student": classifier.encoder_params(student_params),
+                   **({"projection": projection} if projection is not None else {})}
+        rows += stage1(config, task, teacher_cfg, teacher_params, student_cfg, initial, train, workdir,
+                       prints["stage1"]).summary_rows()
+    _, stage1_params = convert.load_flax_dir(workdir / "stage1" / "student")
+
+    classifier_cfg = classifier.classifier_config(student_cfg, task)
+    export_dir = workdir / "export"
+    if not (export_dir / "config.json").is_file():
+        init = {**stage1_params, **({"pooler": student_params["pooler"]} if "pooler" in student_params else {})}
+        train["teacher_logits"] = teacher_logits(teacher_cfg, teacher_params, permutation, train,
+                                                 config.eval.batch_size, prints["teacher_logits"], workdir)
+        best, record = classifier.train_classifier(
+            config, "stage2", config.stage2.optimizer, classifier_cfg, task, train, dev_sets, init,
+            workdir / "stage2", desc=f"{task.name} stage 2 (prediction layer)", temperature=config.stage2.temperature)
+        classifier.export_classifier(best, task, export_dir, teacher_dir)
+        rows += record.summary_rows()
+
+    _, best_params = convert.load_flax_dir(workdir / "stage2" / "best" / "params")
+    student_scores = evaluate(task, classifier_cfg, best_params, dev_sets, config.eval.batch_size)
+    teacher_score, student_score = main_score(task, teacher_scores), main_score(task, student_scores)
+    retention = 100.0 * student_score / teacher_score if teacher_score else float("nan")
+    report.write_report(workdir / "report.json",
+                        {"task": task.name, "metric": task.main_metric, "teacher": teacher_scores,
+                         "student": student_scores, "teacher_score": teacher_score, "student_score": student_score,
+                         "retention_percent": retention})
+    rows += [("task", task.name), ("metric", f"{task.dev_splits[0]} {task.main_metric}"),
+             ("teacher", f"{teacher_score:.4f}"), ("student", f"{student_score:.4f}"),
+             ("retention", f"{retention:.1f}%")]
+    rows += [(f"student {split} {name}", f"{value:.4f}") for split, metrics in student_scores.items()
+             for name, value in metrics.items()]
+    rows += [("export", str(export_dir)), ("report", str(workdir / "report.json")),
+             ("load with", report.load_line(export_dir, "AutoModelForSequenceClassification"))]
+    report.print_table(f"task distillation ({task.name})", rows)
+
+
+def load_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask):
+    """(dir, config, params, permutation to canonical label order) of the fine-tuned teacher."""
+    teacher_dir = hf_checkpoint.resolve_checkpoint_dir(config.teacher.path)
+    cfg, params = convert.load_hf_bert(str(teacher_dir))
+    if cfg.num_labels != task.num_labels:
+        raise InputError(f"teacher.path={config.teacher.path}: a classifier with {cfg.num_labels} output(s) "
+                         f"(0 = no classifier head), but {task.name} needs {task.num_labels}; fine-tune a teacher "
+                         f"first with configs/finetune.py")
+    try:
+        permutation = glue.label_permutation(task, hf_checkpoint.read_config(teacher_dir).get("id2label"))
+    except InputError as e:
+        raise InputError(f"{teacher_dir / 'config.json'}: {e}") from None
+    return teacher_dir, cfg, params, permutation
+
+
+def check_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask, scores: dict, dev_sets: dict) -> None:
+    """Stops before hours of augmentation and training when the teacher's dev score is no better than chance."""
+    split = task.dev_splits[0]
+    score, chance = main_score(task, scores), chance_score(task, dev_sets[split]["labels"])
+    logging.info("teacher: %s %s = %.4f (chance %.4f)", split, task.main_metric, score, chance)
+    if config.teacher.check_score and score < chance + config.teacher.chance_margin:
+        raise InputError(
+            f"teacher.path={config.teacher.path} scores {task.main_metric} {score:.4f} on {split}, within "
+            f"{config.teacher.chance_margin:g} of chance ({chance:.4f}): is it fine-tuned on {task.name}, and does its "
+            f"config.json id2label give the label order it was trained with? (--config.teacher.check_score=False "
+            f"to distil it anyway)")
+
+
+def load_student(config: ml_collections.ConfigDict, teacher: BertConfig) -> tuple[BertConfig, dict, dict | None]:
+    """student.init (a general-distillation workdir, i.e. its export/, a Hugging Face dir or a Flax checkpoint
+    dir): its config, its parameters, and the projection W_h learned with it (None: not saved, or another width)."""
+    path = Path(config.student.init)
+    if (path / "export" / "config.json").is_file():
+        path = path / "export"
+    cfg, params = convert.load_bert(str(path))
+    if cfg.vocab_size != teacher.vocab_size:
+        raise InputError(f"student.init={config.student.init}: vocabulary {cfg.vocab_size} differs from the "
+                         f"teacher's {teacher.vocab_size}")
+    projection = load_projection(path, cfg.hidden_size, teacher.hidden_size)
+    return cfg.replace(pooler=False, mlm_head=False, num_labels=0), params, projection
+
+
+def training_examples(config: ml_collections.ConfigDict, train: glue.TaskExamples, augment_fingerprint: dict,
+                      workdir: Path) -> glue.TaskExamples:
+    """The training set, augmented when augment.enabled (made once; made again when its fingerprint differs)."""
+    if not config.augment.enabled:
+        return train
+    out_dir = workdir / "augmented"
+    stored = out_dir / "fingerprint.json"
+
+    def augment_once() -> None:
+        if fingerprint.reusable(out_dir / "metadata.json", stored, augment_fingerprint):
+            return
+        settings = config.augment
+        augmenter = augment.load_augmenter(settings.mlm_path, settings.glove_path or None, k=settings.k,
+                                           p_t=settings.p_t, n_a=settings.n_a, seed=config.seed,
+                                           batch_size=settings.batch_size, max_seq_len=settings.max_seq_len)
+        augment.augment_examples(train, augmenter, out_dir, overwrite=True)
+        fingerprint.write(stored, augment_fingerprint)  # after the data: a crash in between means augment again
+
+    distributed.leader_first("augment", augment_once)
+    return glue.TaskExamples(*augment.read_augmented(out_dir))
+
+
+def check_stage(directory: Path, stage_fingerprint: dict, what: str) -> None:
+    """Refuses a stage directory holding (part of) a run made from other inputs, naming the first difference."""
+    if not directory.exists():
+        return
+    difference = fingerprint.difference_from_stored(directory / "fingerprint.json", stage_fingerprint)
+    if difference is not None:
+        raise InputError(f"{directory} holds {what} made from other inputs ({difference}); use another --workdir, "
+                         f"the same settings, or delete {directory} to train it again")
+
+
+def stage1(config, task, teacher_cfg, teacher_params, student_cfg, initial: dict, train: Arrays,
+           workdir: Path, stage_fingerprint: dict) -> LoopRecord:
+    """Intermediate-layer distillation; saves the student to WORKDIR/stage1/student."""
+    seq_len = int(train["input_ids"].shape[1])
+    spec = distill_spec(config, teacher_cfg, student_cfg, seq_len, logit_terms=False)
+    spec, trimmed = with_trimmed_teacher(spec, teacher_params, config.dtype)
+    logging.info("stage 1 terms (student <- teacher): %s", describe(spec))
+    stage, directory = config.stage1, workdir / "stage1"
+    num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, "stage1")
+    job = engine.job_for(config, f"{task.name} stage 1 (intermediate layers)", directory, num_steps,
+                         stage.batch_size, stage.optimizer, run_meta(spec, seq_len), initial=initial)
+    if distributed.is_leader():  # before the first checkpoint, so a half-done stage is recognised too
+        fingerprint.write(directory / "fingerprint.json", stage_fingerprint)
+    result = engine.train(config, job, lambda rng: init_trainable(spec, rng),
+                          lambda tx, schedule: make_distill_step(spec, tx, schedule),
+                          lambda rows: train_iterator(train, stage.batch_size, config.seed, rows),
+                          frozen=engine.Frozen(trimmed, abstract_params(spec.teacher)))
+    params = sharding.host_copy(result.state.params["student"])
+    if distributed.is_leader():
+        convert.save_flax_dir(student_cfg, params, directory / "student", overwrite=True)
+    distributed.barrier("stage 1 saved")
+    return result.record
+
+
+def teacher_logits(teacher_cfg, teacher_params, permutation, train: Arrays, batch_size: int,
+                   logits_fingerprint: dict, workdir: Path) -> np.ndarray:
+    """The teacher's logits for every training example, computed once and cached for all stage-2 epochs (again
+    when the cache's fingerprint differs: logits of another data set would silently misalign the targets)."""
+    cache = workdir / "stage2" / "teacher_logits.npy"
+    stored = cache.with_suffix(".json")
+
+    def compute_once() -> None:
+        if fingerprint.reusable(cache, stored, logits_fingerprint):
+            return
+        logits = predict(teacher_cfg, teacher_params, train, batch_size, permutation)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(cache.with_suffix(".tmp"), "wb") as f:
+            np.save(f, logits)
+        cache.with_suffix(".tmp").replace(cache)
+        fingerprint.write(stored, logits_fingerprint)
+
+    distributed.leader_first("teacher logits", compute_once)
+    logits = np.load(cache)
+    if logits.shape[0] != count(train):
+        raise InputError(f"{cache}: {logits.shape[0]} rows for {count(train)} training examples; delete it")
+    return logits

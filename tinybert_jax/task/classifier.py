@@ -1,0 +1,63 @@
+"""A sequence classifier (or regressor) on the engine: its config from an encoder's, training with dev evaluation
+and best-on-dev keeping, and the Hugging Face export; fine-tuning and task stage 2 both run it."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import jax
+import ml_collections
+from absl import logging
+
+from tinybert_jax import convert, distributed
+from tinybert_jax.data import glue
+from tinybert_jax.models.bert import Bert, BertConfig
+from tinybert_jax.task.data import Arrays, count, train_iterator
+from tinybert_jax.task.evaluate import BestOnDev
+from tinybert_jax.task.steps import make_task_step
+from tinybert_jax.train import engine
+from tinybert_jax.train.loop import LoopRecord
+
+
+def classifier_config(cfg: BertConfig, task: glue.GlueTask) -> BertConfig:
+    return cfg.replace(pooler=True, mlm_head=False, num_labels=task.num_labels, stacked_layers=True)
+
+
+def encoder_params(params: dict) -> dict:
+    """What carries over into a classifier: embeddings, layers and (when present) the pooler."""
+    return {key: value for key, value in params.items() if key in ("embeddings", "layers", "pooler")}
+
+
+def label_names(task: glue.GlueTask) -> dict[int, str]:
+    return dict(enumerate(task.labels)) if task.labels else {0: "score"}
+
+
+def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer: ml_collections.ConfigDict,
+                     cfg: BertConfig, task: glue.GlueTask, train: Arrays, dev_sets: dict[str, Arrays],
+                     init_params: dict, directory: Path, desc: str,
+                     temperature: Optional[float] = None) -> tuple[BestOnDev, LoopRecord]:
+    """Trains on gold labels, or on the teacher's logits in train['teacher_logits'] when `temperature` is given,
+    with dev evaluation every eval.every_steps; returns the keeper of the best-on-dev parameters and the record.
+    config[section] holds batch_size, num_steps and num_epochs."""
+    stage = config[section]
+    num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, section)
+    job = engine.job_for(config, desc, directory, num_steps, stage.batch_size, optimizer,
+                         {"task": task.name, "model": dataclasses.asdict(cfg), "examples": count(train)},
+                         initial={"model": init_params}, eval_every_steps=config.eval.every_steps)
+    best = BestOnDev(task, cfg, dev_sets, config.eval.batch_size, directory / "best")
+    dummy = jax.numpy.zeros((1, 8), jax.numpy.int32)
+    result = engine.train(
+        config, job, lambda rng: {"model": Bert(cfg).init(rng, dummy, dummy, dummy)["params"]},
+        lambda tx, schedule: make_task_step(cfg, tx, schedule, task.is_regression, temperature),
+        lambda rows: train_iterator(train, stage.batch_size, config.seed, rows), evaluate=best)
+    return best, result.record
+
+
+def export_classifier(best: BestOnDev, task: glue.GlueTask, out_dir: Path, tokenizer_dir: Path) -> None:
+    if distributed.is_leader():
+        cfg, params = best.best_params()
+        convert.save_hf_bert(cfg, params, out_dir, tokenizer_dir=tokenizer_dir, id2label=label_names(task),
+                             overwrite=True)
+        logging.info("exported the best-on-dev model (step %d) to %s", best.best["step"], out_dir)
+    distributed.barrier("exported")

@@ -1,0 +1,155 @@
+"""The engine every pipeline trains with (docs/engine.md): mesh -> sharded state, created in place or restored
+from the newest checkpoint -> the pure step compiled with the state donated -> the loop (logging, evaluation,
+checkpoints, preemption, the non-finite stop) -> the trained state and a summary of the run.
+
+A pipeline supplies what is its own: how to initialise the trainable parameters, the pure step, the data, and
+optionally frozen inputs (a teacher) that every step reads but never changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+
+from tinybert_jax import sharding
+from tinybert_jax.checkpoint import RunCheckpoints
+from tinybert_jax.errors import InputError
+from tinybert_jax.train.loop import LoopRecord, LoopSettings, run_loop
+from tinybert_jax.train.optimizer import make_optimizer
+from tinybert_jax.train.state import TrainState
+
+# (tx, schedule) -> step(state, [frozen,] batch) -> (state, metrics); pure, so the engine can jit and donate it.
+StepFactory = Callable[[optax.GradientTransformation, Callable], Callable[..., tuple[TrainState, dict]]]
+
+
+@dataclasses.dataclass
+class Job:
+    """One training run of a pipeline (a pipeline may run several: the demo's teacher, task stages 1 and 2)."""
+
+    desc: str  # names the run on the progress bar, in the summary and in errors
+    directory: Path  # checkpoints/ and metrics.jsonl (+ TensorBoard events) go here
+    num_steps: int
+    batch_size: int  # global, over all devices and hosts
+    optimizer: ml_collections.ConfigDict
+    meta: dict  # what a checkpoint here must agree on to be resumed (another run's workdir is refused)
+    checkpoint_every_steps: int
+    # host parameter trees by top-level key of the trainable params, replacing their random initialisation
+    # (a module a tree lacks, e.g. a new classifier, keeps it); unused when a checkpoint is resumed
+    initial: dict = dataclasses.field(default_factory=dict)
+    eval_every_steps: int = 0  # > 0 (with `evaluate`): dev evaluation then and at the end
+
+
+@dataclasses.dataclass
+class Frozen:
+    """Inputs every step reads and none changes (the teacher): host arrays and their logically named abstract tree,
+    from which their shardings on the mesh follow."""
+
+    params: Any
+    abstract: Any
+
+
+@dataclasses.dataclass
+class Result:
+    state: TrainState
+    record: LoopRecord
+
+
+def job_for(config: ml_collections.ConfigDict, desc: str, directory: Path, num_steps: int, batch_size: int,
+            optimizer: ml_collections.ConfigDict, meta: dict, **settings: Any) -> Job:
+    """A Job with the experiment's checkpoint interval (settings override any field)."""
+    return Job(desc, Path(directory), num_steps, batch_size, optimizer, meta,
+               **{"checkpoint_every_steps": config.checkpoint.every_steps, **settings})
+
+
+def steps_for(num_steps: int, num_epochs: float, examples: int, batch_size: int, where: str) -> int:
+    """num_steps when > 0, else the steps of num_epochs passes over `examples` (`where` names the config section)."""
+    if num_steps > 0:
+        return int(num_steps)
+    steps = math.ceil(num_epochs * examples / batch_size)
+    if steps < 1:
+        raise InputError(f"{where}.num_epochs={num_epochs} over {examples} examples is no step")
+    return steps
+
+
+def checkpoints_for(config: ml_collections.ConfigDict, job: Job) -> RunCheckpoints:
+    return RunCheckpoints(job.directory / "checkpoints", keep=config.checkpoint.keep,
+                          every_steps=job.checkpoint_every_steps)
+
+
+def refuse_other_run(config: ml_collections.ConfigDict, job: Job) -> None:
+    """Refuses a directory holding another run's checkpoints; pipelines call it before slow preparation."""
+    checkpoints = checkpoints_for(config, job)
+    try:
+        checkpoints.latest_compatible_step(job.meta)
+    finally:
+        checkpoints.close()
+
+
+def train(config: ml_collections.ConfigDict, job: Job, init_params: Callable[[jax.Array], Any],
+          make_step: StepFactory, make_iterator: Callable[[slice], Iterator[dict]],
+          frozen: Optional[Frozen] = None,
+          evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None) -> Result:
+    """Trains `job` to its last step on the mesh of config.mesh and returns the state and what the loop recorded.
+
+    init_params(rng) returns the trainable parameters (boxed with logical axis names); make_iterator(rows) the
+    endless, checkpointable (get_state/set_state) iterator of this process's `rows` of every global batch;
+    evaluate(state, step) dev metrics (see LoopSettings).
+    """
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    rules = config.mesh.rules
+    sharding.check_batch_divisible(job.batch_size, mesh)
+    tx, schedule = make_optimizer(job.optimizer, job.num_steps)
+
+    state, state_shardings = create_state(init_params, tx, config.seed, mesh, rules)
+    data_iterator = make_iterator(sharding.process_batch_rows(mesh, job.batch_size))
+    checkpoints = checkpoints_for(config, job)
+    state = _resume_or_load(state, state_shardings, checkpoints, job, data_iterator)
+
+    in_shardings, extra = (state_shardings,), ()
+    if frozen is not None:
+        frozen_shardings = sharding.shardings_of(frozen.abstract, mesh, rules)
+        in_shardings, extra = (state_shardings, frozen_shardings), (sharding.put_sharded(frozen.params,
+                                                                                         frozen_shardings),)
+    step = sharding.compile_step(make_step(tx, schedule), mesh, rules,
+                                 in_shardings=(*in_shardings, sharding.batch_sharding(mesh)),
+                                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    state, record = run_loop(lambda s, batch: step(s, *extra, batch), state, data_iterator, mesh, checkpoints,
+                             job.meta, job.directory,
+                             LoopSettings(job.num_steps, job.batch_size, config.log.every_steps, job.desc,
+                                          job.eval_every_steps), evaluate)
+    return Result(state, record)
+
+
+def create_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int,
+                 mesh: jax.sharding.Mesh, rules) -> tuple[TrainState, Any]:
+    """A fresh TrainState whose params and optimizer state are created directly in their shardings, and those
+    shardings. init_params(rng) may box params with logical axis names; the optimizer state inherits them."""
+    def init() -> TrainState:
+        init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+        params = init_params(init_rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
+
+    return sharding.create_sharded(init, mesh, rules)
+
+
+def _resume_or_load(state: TrainState, state_shardings: Any, checkpoints: RunCheckpoints, job: Job,
+                    data_iterator: Any) -> TrainState:
+    """The newest readable compatible checkpoint (state and data position), or else `state` with the parameters of
+    job.initial placed into it."""
+    restored = checkpoints.restore_latest(job.meta, state, state_shardings, data_iterator)
+    if restored is not None:
+        step, state = restored
+        logging.info("resuming from step %d in %s", step, checkpoints.directory)
+        return state
+    params = dict(state.params)
+    for key, tree in job.initial.items():
+        params[key] = {name: sharding.put_sharded(tree[name], state_shardings.params[key][name]) if name in tree
+                       else value for name, value in state.params[key].items()}
+    return state.replace(params=params)
