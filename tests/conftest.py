@@ -1,8 +1,15 @@
 """Shared fixtures: tiny random-init Hugging Face BERTs written with save_pretrained (no downloads)."""
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; the offline path is what they check
+# Many tests compile the same tiny steps, in this process and in the subprocesses they start (which inherit the
+# environment): JAX's persistent compilation cache compiles each once per session. Every step still runs.
+_CACHE = tempfile.TemporaryDirectory(prefix="tinybert_jax_test_compilations_")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE.name)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import numpy as np
 import pytest
