@@ -13,6 +13,7 @@ import pytest
 import transformers
 
 from conftest import make_hf_model
+from in_process import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("the a teacher student model learns small fast layer attention hidden state data text word sentence "
@@ -62,8 +63,13 @@ def command(assets, workdir, *extra, steps=STEPS):
 
 
 def run(args, devices=1, check=True):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    """`args` (a `python -m tinybert_jax.main ...` command): in this process on its one device, or in a subprocess
+    that sees `devices` CPU devices."""
+    if devices == 1 and args[:3] == [sys.executable, "-m", "tinybert_jax.main"]:
+        result = run_main(args[3:])
+    else:
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result

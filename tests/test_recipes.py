@@ -1,9 +1,6 @@
 """DistilBERT- and MiniLM-style recipes on the shared engine: student init from teacher layers, declarative terms,
 short runs through `python -m tinybert_jax.main`, the masked-LM export."""
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -12,7 +9,8 @@ import pytest
 import torch
 import transformers
 
-from test_general import ROOT, metrics, write_corpus, write_teacher
+from in_process import run_main
+from test_general import metrics, write_corpus, write_teacher
 from tinybert_jax import convert
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import Match, parse_matches, preset_matches, resolve_matches
@@ -32,13 +30,12 @@ def assets(tmp_path_factory):
 
 
 def run(assets, config, workdir, steps, *extra, check=True):
-    args = [sys.executable, "-m", "tinybert_jax.main", f"--config=configs/{config}.py", f"--workdir={workdir}",
+    args = [f"--config=configs/{config}.py", f"--workdir={workdir}",
             f"--config.teacher.path={assets['teacher']}", f"--config.data.source={assets['corpus']}",
             f"--config.data.prepared_dir={assets['root'] / 'prepared'}", "--config.data.seq_len=32",
             "--config.train.batch_size=8", f"--config.train.num_steps={steps}", "--config.log.every_steps=1",
             "--config.checkpoint.every_steps=1000", *extra]
-    result = subprocess.run(args, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
-                            text=True)
+    result = run_main(args)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -1,9 +1,6 @@
 """Task distillation end to end on a small SST-2-style task with tiny random-init models: fine-tune the teacher,
 augment, stage 1, stage 2, export, report."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +8,10 @@ import pytest
 import torch
 import transformers
 
+import in_process
 from conftest import make_hf_model
 from test_general import last_error
 
-ROOT = Path(__file__).resolve().parents[1]
 POSITIVE = "good great fine lovely superb".split()
 NEGATIVE = "bad awful poor boring dull".split()
 FILLER = "the a movie film story plot actor scene was is and it this very quite really".split()
@@ -48,10 +45,7 @@ def save_model(directory: Path, cls_name: str, **overrides):
 
 
 def run_main(config, workdir, *overrides):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-m", "tinybert_jax.main", f"--config=configs/{config}.py",
-                             f"--workdir={workdir}", *overrides], cwd=ROOT, env=env, capture_output=True, text=True)
-    return result
+    return in_process.run_main([f"--config=configs/{config}.py", f"--workdir={workdir}", *overrides])
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -38,6 +39,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except Exception as e:  # config overrides raise AttributeError/KeyError/ValueError, absl its own flags.Error
         detail = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+        if "Traceback (most recent call last)" in detail:  # a config file's get_config raised: keep its message
+            detail = re.split(r"\b\w+(?:Error|Exception): ", detail)[-1]
         if len(detail) > 1 and detail[0] == detail[-1] and detail[0] in "'\"":  # KeyError messages come quoted
             detail = detail[1:-1]
         sys.exit(f"error: bad command line: {detail} (config keys are those of the --config file)")

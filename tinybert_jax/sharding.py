@@ -89,10 +89,11 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def check_batch_divisible(global_batch_size: int, mesh: jax.sharding.Mesh) -> None:
+def check_batch_divisible(global_batch_size: int, mesh: jax.sharding.Mesh, key: str = "train.batch_size") -> None:
+    """`key` names the config key the batch size came from."""
     devices = mesh.devices.size
     if global_batch_size % devices:
-        raise InputError(f"train.batch_size={global_batch_size} is not divisible by the {devices} devices of the "
+        raise InputError(f"{key}={global_batch_size} is not divisible by the {devices} devices of the "
                          f"mesh {dict(mesh.shape)}; use a multiple of {devices}")
 
 

@@ -54,7 +54,7 @@ def pretrain_teacher(config: ml_collections.ConfigDict, teacher_dir: Path, prepa
                            pooler=False)
     job = engine.job_for(config, "teacher masked-LM", teacher_dir, training.num_steps, training.batch_size,
                          training.optimizer, {"model": dataclasses.asdict(cfg), "seq_len": config.data.seq_len},
-                         checkpoint_every_steps=training.checkpoint_every_steps)
+                         checkpoint_every_steps=training.checkpoint_every_steps, section="teacher_training")
     dummy = jax.numpy.zeros((1, 8), jax.numpy.int32)
     result = engine.train(
         config, job, lambda rng: {"model": Bert(cfg).init(rng, dummy, dummy, dummy)["params"]},
@@ -64,4 +64,5 @@ def pretrain_teacher(config: ml_collections.ConfigDict, teacher_dir: Path, prepa
     params = sharding.host_copy(result.state.params["model"])
     if distributed.is_leader():
         convert.save_hf_bert(cfg, params, teacher_dir / "export", tokenizer_dir=tokenizer_dir, overwrite=True)
+    distributed.barrier("teacher exported")  # every process reads it next
     report.print_table("demo teacher", result.record.summary_rows() + [("teacher", str(teacher_dir / "export"))])

@@ -37,7 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     job = engine.job_for(config, f"general distillation ({config.loss.preset})", workdir, 0,
                          config.train.batch_size, config.optimizer, run_meta(spec, config.data.seq_len),
                          initial={"student": student_params} if student_params is not None else {})
-    engine.refuse_other_run(config, job)  # before preparing any data
+    engine.check_before_preparing(config, job)
 
     prepared_dir = Path(config.data.prepared_dir or workdir / "data")
     data_meta = distributed.leader_first("prepare", lambda: prepare.ensure_prepared(

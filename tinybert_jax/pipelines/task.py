@@ -179,7 +179,8 @@ def stage1(config, task, teacher_cfg, teacher_params, student_cfg, initial: dict
     stage, directory = config.stage1, workdir / "stage1"
     num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, "stage1")
     job = engine.job_for(config, f"{task.name} stage 1 (intermediate layers)", directory, num_steps,
-                         stage.batch_size, stage.optimizer, run_meta(spec, seq_len), initial=initial)
+                         stage.batch_size, stage.optimizer, run_meta(spec, seq_len), initial=initial,
+                         section="stage1")
     if distributed.is_leader():  # before the first checkpoint, so a half-done stage is recognised too
         fingerprint.write(directory / "fingerprint.json", stage_fingerprint)
     result = engine.train(config, job, lambda rng: init_trainable(spec, rng),

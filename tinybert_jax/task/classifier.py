@@ -44,7 +44,8 @@ def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer:
     num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, section)
     job = engine.job_for(config, desc, directory, num_steps, stage.batch_size, optimizer,
                          {"task": task.name, "model": dataclasses.asdict(cfg), "examples": count(train)},
-                         initial={"model": init_params}, eval_every_steps=config.eval.every_steps)
+                         initial={"model": init_params}, eval_every_steps=config.eval.every_steps,
+                         section=section)
     best = BestOnDev(task, cfg, dev_sets, config.eval.batch_size, directory / "best")
     dummy = jax.numpy.zeros((1, 8), jax.numpy.int32)
     result = engine.train(

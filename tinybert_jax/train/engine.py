@@ -44,6 +44,7 @@ class Job:
     # (a module a tree lacks, e.g. a new classifier, keeps it); unused when a checkpoint is resumed
     initial: dict = dataclasses.field(default_factory=dict)
     eval_every_steps: int = 0  # > 0 (with `evaluate`): dev evaluation then and at the end
+    section: str = "train"  # the config section of batch_size and num_steps, named in errors
 
 
 @dataclasses.dataclass
@@ -83,8 +84,11 @@ def checkpoints_for(config: ml_collections.ConfigDict, job: Job) -> RunCheckpoin
                           every_steps=job.checkpoint_every_steps)
 
 
-def refuse_other_run(config: ml_collections.ConfigDict, job: Job) -> None:
-    """Refuses a directory holding another run's checkpoints; pipelines call it before slow preparation."""
+def check_before_preparing(config: ml_collections.ConfigDict, job: Job) -> None:
+    """What `train` would refuse, checked before slow preparation: a mesh the devices cannot form, a batch the mesh
+    cannot split, a directory holding another run's checkpoints."""
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    sharding.check_batch_divisible(job.batch_size, mesh, f"{job.section}.batch_size")
     checkpoints = checkpoints_for(config, job)
     try:
         checkpoints.latest_compatible_step(job.meta)
@@ -104,7 +108,7 @@ def train(config: ml_collections.ConfigDict, job: Job, init_params: Callable[[ja
     """
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     rules = config.mesh.rules
-    sharding.check_batch_divisible(job.batch_size, mesh)
+    sharding.check_batch_divisible(job.batch_size, mesh, f"{job.section}.batch_size")
     tx, schedule = make_optimizer(job.optimizer, job.num_steps)
 
     state, state_shardings = create_state(init_params, tx, config.seed, mesh, rules)
