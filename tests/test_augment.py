@@ -239,6 +239,7 @@ def test_mlm_checkpoint_without_head_is_refused(assets, tmp_path):
         Augmenter(cfg, params, assets.tokenizer)
 
 
+@pytest.mark.slow  # starts processes
 def test_augment_benchmark_at_tiny_sizes(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "augment", "--teacher=2,32,64,4",

@@ -85,6 +85,7 @@ def test_import_error_is_one_clear_line(hf_checkpoint, tmp_path, case):
     assert str(path) in str(e.value)
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize("case", [missing_path, other_model_type("roberta"), wrong_shape, truncated_safetensors],
                          ids=lambda c: c.__name__)
 def test_cli_exits_non_zero_and_writes_nothing(hf_checkpoint, tmp_path, case):

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--teacher=2,32,64,4", "--student=1,16,32,4", "--vocab=120", "--batch=4", "--seq-len=16", "--reps=2",
         "--warmup=1", "--inference-batches", "4", "1"]

@@ -138,12 +138,14 @@ def run_cli(*args):
                           text=True)
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_help():
     result = run_cli("--help")
     assert result.returncode == 0 and "hf-to-flax" in result.stdout and "flax-to-hf" in result.stdout
 
 
 @pytest.mark.parametrize("fmt", ["msgpack", "orbax"])
+@pytest.mark.slow  # starts processes
 def test_cli_hf_to_flax_to_hf(hf_checkpoint, tmp_path, fmt):
     original, path = hf_checkpoint("BertForSequenceClassification", num_labels=2)
     flax_dir, export = tmp_path / "flax", tmp_path / "export"

@@ -333,6 +333,7 @@ def test_cli_prints_summary_and_reuses(tmp_path, text_corpus, tokenizer_dir, cap
     assert prepare.main(argv) == 0
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_input_error_exits_1_with_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tinybert_jax.data.prepare", f"--tokenizer={tmp_path}",
                              f"--out={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)

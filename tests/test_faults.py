@@ -133,6 +133,7 @@ def kill_during_a_save(assets, workdir):
     return int(in_flight[0].split(".")[0]) if (checkpoints / in_flight[0]).is_dir() else None
 
 
+@pytest.mark.slow  # starts processes
 def test_sigkill_during_an_asynchronous_save_resumes_from_the_last_complete_checkpoint(assets, reference, tmp_path):
     # A save takes ~0.1 s here; the kill rarely lands after it has completed, and then the run is repeated.
     for attempt in range(3):
@@ -151,6 +152,7 @@ def test_sigkill_during_an_asynchronous_save_resumes_from_the_last_complete_chec
     assert_same_trajectory(workdir, reference, range(1, STEPS + 1))
 
 
+@pytest.mark.slow  # starts processes
 def test_second_run_on_a_busy_workdir_is_refused(assets, reference, tmp_path):
     workdir = tmp_path / "w"
     log = tmp_path / "first.log"

@@ -135,6 +135,7 @@ def general_assets(tmp_path_factory):
     return assets
 
 
+@pytest.mark.slow  # starts processes
 def test_run_export_on_a_full_disk_keeps_the_previous_export(general_assets, tmp_path):
     """Through the entry point: init_student's export is the same convert.save_hf_bert(..., overwrite=True) call
     that ends the general and task runs, at a fraction of their cost."""

@@ -115,6 +115,7 @@ def test_export_carries_the_trained_projection(reference_run):
         np.testing.assert_array_equal(exported["dense"][name], trained["dense"][name])
 
 
+@pytest.mark.slow  # starts processes
 def test_mesh_2x4_matches_one_device(assets, reference_run):
     workdir = assets["root"] / "mesh"
     run(command(assets, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=4", steps=STEPS), devices=8)
@@ -124,6 +125,7 @@ def test_mesh_2x4_matches_one_device(assets, reference_run):
             np.testing.assert_allclose(sharded[step][term], single[step][term], rtol=1e-5)
 
 
+@pytest.mark.slow  # starts processes
 def test_interrupt_and_resume_reproduces_the_trajectory(assets, reference_run):
     workdir = assets["root"] / "interrupted"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -178,6 +180,7 @@ def test_teacher_that_is_not_bert(assets, tmp_path):
     assert "model_type 'roberta' is not a BERT" in error
 
 
+@pytest.mark.slow  # starts processes
 def test_batch_not_divisible_by_devices(assets, tmp_path):
     error = last_error(run(command(assets, tmp_path / "w", "--config.train.batch_size=6"), devices=4, check=False))
     assert "train.batch_size=6 is not divisible by the 4 devices" in error

@@ -224,6 +224,8 @@ sys.exit(int(os.environ.get("FAKE_EXIT_" + os.environ.get("JAX_PROCESS_ID", "0")
     # (set-up excepted), scp from the TPU VM copies out of HOME.
     script("gcloud", f"""#!{sys.executable}
 import json, os, shutil, sys
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 args = sys.argv[1:]
 with open(os.path.join(os.environ["FAKE_RECORDS"], "gcloud"), "a") as f:
     f.write(json.dumps(args) + "\\n")

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import jax
 import numpy as np
 import transformers
@@ -11,6 +13,8 @@ import transformers
 from conftest import padded_batch, torch_outputs
 from tinybert_jax import convert
 from tinybert_jax.models.bert import Bert
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config.model.vocab_size=64", "--config.model.hidden_size=24", "--config.model.num_attention_heads=6",

@@ -17,6 +17,8 @@ import pytest
 from test_general import ROOT, STUDENT, metrics, write_corpus, write_teacher
 from run_state import read_run_state
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 TERMS = ("loss", "embedding", "attention", "hidden")
 STEPS = 20
 
