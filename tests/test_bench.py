@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from test_general import write_corpus
+
 pytestmark = pytest.mark.slow  # every test here starts processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +29,9 @@ def positive_numbers(tree):
 
 def test_all_benchmarks_at_tiny_sizes(tmp_path):
     out = tmp_path / "bench.json"
+    corpus = write_corpus(tmp_path / "corpus.txt")  # tiny sizes here; the embedded corpus is the benchmark's
     result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "all", "--vs-pytorch", *TINY,
-                             f"--json={out}"], cwd=ROOT, capture_output=True, text=True)
+                             f"--source={corpus}", f"--json={out}"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     for title in ("step: general distillation", "vs transformers (PyTorch", "inference: forward only", "data: prepare"):
         assert title in result.stdout

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
 # Spaces, a glob, both quote characters, and words a shell would expand or act on: all must arrive unchanged.
@@ -224,8 +226,6 @@ sys.exit(int(os.environ.get("FAKE_EXIT_" + os.environ.get("JAX_PROCESS_ID", "0")
     # (set-up excepted), scp from the TPU VM copies out of HOME.
     script("gcloud", f"""#!{sys.executable}
 import json, os, shutil, sys
-
-pytestmark = pytest.mark.slow  # every test here starts processes
 args = sys.argv[1:]
 with open(os.path.join(os.environ["FAKE_RECORDS"], "gcloud"), "a") as f:
     f.write(json.dumps(args) + "\\n")
