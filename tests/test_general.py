@@ -193,3 +193,25 @@ def test_workdir_of_another_student_is_refused(assets, tmp_path):
     error = last_error(run(command(assets, workdir, "--config.student.hidden_size=32", steps=20), check=False))
     assert "holds a checkpoint of a different run" in error and "hidden_size 16 vs 32" in error
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+def test_config_variants_build_and_an_unknown_one_is_refused():
+    from in_process import load_config
+
+    for name in ("general", "distilbert", "minilm", "demo", "finetune", "task", "init_student"):
+        full, smoke = load_config(f"configs/{name}.py"), load_config(f"configs/{name}.py:smoke")
+        assert full.pipeline and smoke.seed == full.seed
+        with pytest.raises(ValueError, match=f"configs/{name}.py: unknown variant 'fast'"):
+            load_config(f"configs/{name}.py:fast")
+
+
+def test_general_smoke_variant_runs_offline_with_only_a_workdir(tmp_path):
+    result = run_main(["--config=configs/general.py:smoke", f"--workdir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the summary: both runs, first -> last of the losses, and the line that loads the export
+    assert "teacher masked-LM" in result.stdout and "general distillation (tinybert)  steps 1-20" in result.stdout
+    assert f'transformers.AutoModel.from_pretrained("{tmp_path / "export"}")' in result.stdout
+    model = transformers.BertModel.from_pretrained(tmp_path / "export")
+    assert model.config.hidden_size == 16 and model.config.num_hidden_layers == 1
+    history = metrics(tmp_path)
+    assert sorted(history) == list(range(5, 21, 5)) and history[20]["loss"] < history[5]["loss"]
