@@ -29,9 +29,11 @@ done
 [[ $# -gt 0 ]] || { echo "error: no arguments for tinybert_jax.main after --" >&2; exit 2; }
 python=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
 
+# XLA flags already set (e.g. by the test suite) are kept; the device count is added to them.
+xla_flags=$(printf '%q' "${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices")
 commands=()
 for ((i = 0; i < num_processes; i++)); do
-  commands+=("env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=$devices \
+  commands+=("env JAX_PLATFORMS=cpu XLA_FLAGS=$xla_flags \
 JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$num_processes JAX_PROCESS_ID=$i \
 $python -m tinybert_jax.main $(printf '%q ' "$@")")
 done

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import transformers
 
-from conftest import make_hf_model
+from conftest import XLA_TEST_FLAGS, make_hf_model
 from in_process import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def run(args, devices=1, check=True):
     if devices == 1 and args[:3] == [sys.executable, "-m", "tinybert_jax.main"]:
         result = run_main(args[3:])
     else:
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}"}
         result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]

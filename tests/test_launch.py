@@ -19,7 +19,7 @@ LAUNCH = REPO / "launch"
 # Spaces, a glob, both quote characters, and words a shell would expand or act on: all must arrive unchanged.
 MAIN = ["--config=configs/general.py", "--workdir=/shared/work dir", "--config.data.source=/data/my corpus/*.txt",
         "--config.name=it's \"q\" $HOME `id` \\ ; & | ~", ""]
-SCRIPT_ENV = {"TPU_NAME", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "PROJECT", "SPOT", "KEEP", "LOG_DIR",
+SCRIPT_ENV = {"XLA_FLAGS", "TPU_NAME", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "PROJECT", "SPOT", "KEEP", "LOG_DIR",
               "PREPARE", "PYTHON"}
 TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
 
@@ -411,3 +411,6 @@ def test_local_multiprocess_commands():
                              "JAX_COORDINATOR_ADDRESS=127.0.0.1:12999", "JAX_NUM_PROCESSES=2", f"JAX_PROCESS_ID={i}",
                              "python3", "-m", "tinybert_jax.main", "--config=configs/general.py"]
         assert line[10:] == ["--workdir=w"] + ([] if i == 0 else [">", "logs/process_1.log", "2>&1"])
+    kept = launch("local_multiprocess.sh", "1", "--dry-run", "--", "--workdir=w",
+                  env=clean_env(PYTHON="python3", XLA_FLAGS="--xla_dump_to=/tmp/a b"))
+    assert shlex.split(kept.stdout)[2] == "XLA_FLAGS=--xla_dump_to=/tmp/a b --xla_force_host_platform_device_count=2"

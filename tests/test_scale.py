@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import XLA_TEST_FLAGS
 from test_general import ROOT, STUDENT, metrics, write_corpus, write_teacher
 from run_state import read_run_state
 
@@ -39,7 +40,7 @@ def main_args(assets, workdir, steps, *extra):
 
 
 def env_for(devices):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}"}
 
 
 def run_main(assets, workdir, steps, *extra, devices=4):
