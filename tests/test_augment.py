@@ -2,8 +2,6 @@
 import json
 import logging
 import re
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -13,13 +11,13 @@ import torch
 import transformers
 
 from conftest import make_hf_model
+from test_bench import run_bench
 from tinybert_jax.convert import load_hf_bert
 from tinybert_jax.data.augment import (Augmenter, augment_examples, is_candidate, load_augmenter, masked_lm_input,
                                        match_case, read_augmented, split_words)
 from tinybert_jax.data.glove import load_glove
 from tinybert_jax.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]
 STOP = ["the", "a", "of", "and", "is", "on", "in", "to"]
 SINGLE = ["cat", "dog", "bird", "fish", "red", "blue", "green", "runs", "jumps", "sees", "eats", "big", "small",
@@ -239,12 +237,10 @@ def test_mlm_checkpoint_without_head_is_refused(assets, tmp_path):
         Augmenter(cfg, params, assets.tokenizer)
 
 
-@pytest.mark.slow  # starts processes
-def test_augment_benchmark_at_tiny_sizes(tmp_path):
+def test_augment_benchmark_at_tiny_sizes(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "augment", "--teacher=2,32,64,4",
-                             "--vocab=400", "--sentences=24", "--seq-len=64", "--augment-batch=8", f"--json={out}"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = run_bench(capsys, "augment", "--teacher=2,32,64,4", "--vocab=400", "--sentences=24", "--seq-len=64",
+                       "--augment-batch=8", f"--json={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "same outputs" in result.stdout and "one mask per forward" in result.stdout
     report = json.loads(out.read_text())["augment"]

@@ -2,19 +2,24 @@
 import importlib.metadata
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
+from types import SimpleNamespace
 
 from test_general import write_corpus
+from tinybert_jax.bench.__main__ import main as bench_main
 
-pytestmark = pytest.mark.slow  # every test here starts processes
-
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--teacher=2,32,64,4", "--student=1,16,32,4", "--vocab=120", "--batch=4", "--seq-len=16", "--reps=2",
         "--warmup=1", "--inference-batches", "4", "1"]
+
+
+def run_bench(capsys, *args):
+    """`python -m tinybert_jax.bench ARGS` in this process: (returncode, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        returncode = bench_main(list(args))
+    except SystemExit as e:  # argparse's usage errors
+        returncode = e.code
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=returncode, stdout=captured.out, stderr=captured.err)
 
 
 def positive_numbers(tree):
@@ -27,11 +32,10 @@ def positive_numbers(tree):
     return True
 
 
-def test_all_benchmarks_at_tiny_sizes(tmp_path):
+def test_all_benchmarks_at_tiny_sizes(tmp_path, capsys):
     out = tmp_path / "bench.json"
     corpus = write_corpus(tmp_path / "corpus.txt")  # tiny sizes here; the embedded corpus is the benchmark's
-    result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "all", "--vs-pytorch", *TINY,
-                             f"--source={corpus}", f"--json={out}"], cwd=ROOT, capture_output=True, text=True)
+    result = run_bench(capsys, "all", "--vs-pytorch", *TINY, f"--source={corpus}", f"--json={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     for title in ("step: general distillation", "vs transformers (PyTorch", "inference: forward only", "data: prepare"):
         assert title in result.stdout
@@ -67,13 +71,12 @@ def test_all_benchmarks_at_tiny_sizes(tmp_path):
     assert data["prepare_tokens"] > 1000 and data["loader_over_step"] > 0
 
 
-def test_bf16_teacher_step_and_chunked_inference(tmp_path):
+def test_bf16_teacher_step_and_chunked_inference(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = [a for a in TINY if a not in ("--inference-batches", "4", "1")]
     for benchmark in ("step", "inference"):
-        result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", benchmark, "--teacher-dtype=bfloat16",
-                                 *args, "--inference-batches", "8", "--inference-chunk=4", f"--json={out}"],
-                                cwd=ROOT, capture_output=True, text=True)
+        result = run_bench(capsys, benchmark, "--teacher-dtype=bfloat16", *args, "--inference-batches", "8",
+                           "--inference-chunk=4", f"--json={out}")
         assert result.returncode == 0, result.stderr[-3000:]
         report = json.loads(out.read_text())
         assert positive_numbers(report)
@@ -82,20 +85,18 @@ def test_bf16_teacher_step_and_chunked_inference(tmp_path):
     assert set(report["inference"]["batches"]) == {"batch 8", "batch 8 in chunks of 4"}
 
 
-def test_bad_model_size_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "step", "--teacher=12,770,3072,12"],
-                            cwd=ROOT, capture_output=True, text=True)
+def test_bad_model_size_is_one_line(capsys):
+    result = run_bench(capsys, "step", "--teacher=12,770,3072,12")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --teacher='12,770,3072,12'")
 
 
-def test_step_of_the_distilbert_and_minilm_recipes(tmp_path):
+def test_step_of_the_distilbert_and_minilm_recipes(tmp_path, capsys):
     base = ["--teacher=2,32,64,4", "--vocab=120", "--batch=4", "--seq-len=16", "--reps=2", "--warmup=1"]
     runs = {"distilbert": ["--student=1,32,64,4"], "minilm_v2": ["--student=1,16,32,2", "--relation-heads=4"]}
     for recipe, extra in runs.items():
         out = tmp_path / f"{recipe}.json"
-        result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "step", f"--recipe={recipe}", *base,
-                                 *extra, f"--json={out}"], cwd=ROOT, capture_output=True, text=True)
+        result = run_bench(capsys, "step", f"--recipe={recipe}", *base, *extra, f"--json={out}")
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"step: general distillation ({recipe})" in result.stdout
         report = json.loads(out.read_text())["step"]
@@ -104,6 +105,5 @@ def test_step_of_the_distilbert_and_minilm_recipes(tmp_path):
             t = 2 * (4 * 16 * 32 * 32 + 2 * 16 * 16 * 32 + 2 * 16 * 32 * 64) * 2 + 2 * 16 * (32 * 32 + 32 * 120)
             s = 2 * (4 * 16 * 32 * 32 + 2 * 16 * 16 * 32 + 2 * 16 * 32 * 64) + 2 * 16 * (32 * 32 + 32 * 120)
             assert report["flops_per_step"] == 4 * (t + 3 * s)
-    narrow = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "step", "--recipe=distilbert", *base,
-                             "--student=1,16,32,4"], cwd=ROOT, capture_output=True, text=True)
+    narrow = run_bench(capsys, "step", "--recipe=distilbert", *base, "--student=1,16,32,4")
     assert narrow.returncode == 2 and narrow.stderr.strip().splitlines()[-1].startswith("error: term 'cos'")
