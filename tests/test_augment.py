@@ -3,7 +3,6 @@ import json
 import logging
 import re
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
