@@ -15,6 +15,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 XLA_TEST_FLAGS = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]))
 os.environ["XLA_FLAGS"] = XLA_TEST_FLAGS
 
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import filelock
 import numpy as np
 import pytest
 import torch
@@ -67,3 +72,23 @@ def torch_outputs(model, ids, token_types, mask):
     with torch.no_grad():
         return model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(token_types),
                      attention_mask=torch.tensor(mask), output_hidden_states=True, output_attentions=True)
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory) -> Path:
+    """A directory every pytest worker of the session sees (xdist workers' base temps share a parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def made_once(shared_dir: Path, name: str, make: Callable[[Path], None]) -> Path:
+    """shared_dir/name, made by make(path) once per session by whichever worker needs it first; the others wait
+    for it. Expensive fixtures (a fine-tuned teacher, a reference run) are then made once, not once per worker."""
+    path, made = shared_dir / name, shared_dir / f"{name}.made"
+    with filelock.FileLock(str(shared_dir / f"{name}.lock")):
+        if not made.exists():
+            if path.exists():  # a failed attempt
+                shutil.rmtree(path)
+            make(path)
+            made.touch()
+    return path

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from test_general import ROOT, command, last_error, metrics, run, write_corpus, write_teacher
+from conftest import made_once
+from test_general import ROOT, command, general_assets, last_error, metrics, run
 from run_state import read_run_state
 
 STEPS = 30
@@ -27,19 +28,15 @@ def faults_command(assets, workdir, *extra, steps=STEPS):
     return command(assets, workdir, *SETTINGS, *extra, steps=steps)
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    return {"teacher": write_teacher(root / "teacher"), "corpus": write_corpus(root / "corpus.txt"),
-            "data": root / "prepared", "root": root}
+@pytest.fixture(scope="session")
+def assets(shared_dir):
+    return general_assets(shared_dir, "faults")
 
 
-@pytest.fixture(scope="module")
-def reference(assets):
+@pytest.fixture(scope="session")
+def reference(assets, shared_dir):
     """STEPS uninterrupted steps; checkpoints 20, 25 and 30 remain (checkpoint.keep=3)."""
-    workdir = assets["root"] / "reference"
-    run(faults_command(assets, workdir))
-    return workdir
+    return made_once(shared_dir, "faults_reference", lambda workdir: run(faults_command(assets, workdir)))
 
 
 def copy_without_logs(reference, workdir):

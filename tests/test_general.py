@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import transformers
 
-from conftest import XLA_TEST_FLAGS, make_hf_model
+from conftest import XLA_TEST_FLAGS, made_once, make_hf_model
 from in_process import run_main
+from tinybert_jax.data import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("the a teacher student model learns small fast layer attention hidden state data text word sentence "
@@ -47,11 +48,22 @@ def write_teacher(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("general")
-    return {"teacher": write_teacher(root / "teacher"), "corpus": write_corpus(root / "corpus.txt"),
-            "data": root / "prepared", "root": root}
+def general_assets(shared_dir: Path, module: str) -> dict:
+    """The tiny teacher, a corpus and its prepared data (made once per session, then only read), and a directory
+    for the workdirs of `module`'s tests."""
+    def make(root: Path) -> None:
+        teacher, corpus = write_teacher(root / "teacher"), write_corpus(root / "corpus.txt")
+        prepare.ensure_prepared(str(corpus), root / "prepared", str(teacher), 32, seed=0)
+
+    data = made_once(shared_dir, "general_data", make)
+    root = shared_dir / module
+    root.mkdir(exist_ok=True)
+    return {"teacher": data / "teacher", "corpus": data / "corpus.txt", "data": data / "prepared", "root": root}
+
+
+@pytest.fixture(scope="session")
+def assets(shared_dir):
+    return general_assets(shared_dir, "general")
 
 
 def command(assets, workdir, *extra, steps=STEPS):
@@ -81,11 +93,9 @@ def metrics(workdir):
     return {row["step"]: row for row in rows}
 
 
-@pytest.fixture(scope="module")
-def reference_run(assets):
-    workdir = assets["root"] / "reference"
-    run(command(assets, workdir))
-    return workdir
+@pytest.fixture(scope="session")
+def reference_run(assets, shared_dir):
+    return made_once(shared_dir, "general_reference", lambda workdir: run(command(assets, workdir)))
 
 
 def test_losses_fall_metrics_and_export(reference_run):

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from in_process import run_main
-from test_general import metrics, write_corpus, write_teacher
+from test_general import general_assets, metrics
 from tinybert_jax import convert
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import Match, parse_matches, preset_matches, resolve_matches
@@ -23,16 +23,15 @@ SAME_WIDTH = ["--config.student.preset=", "--config.student.hidden_size=32", "--
               "--config.student.intermediate_size=37", "--config.student.num_hidden_layers=2"]
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes")
-    return {"teacher": write_teacher(root / "teacher"), "corpus": write_corpus(root / "corpus.txt"), "root": root}
+@pytest.fixture(scope="session")
+def assets(shared_dir):
+    return general_assets(shared_dir, "recipes")
 
 
 def run(assets, config, workdir, steps, *extra, check=True):
     args = [f"--config=configs/{config}.py", f"--workdir={workdir}",
             f"--config.teacher.path={assets['teacher']}", f"--config.data.source={assets['corpus']}",
-            f"--config.data.prepared_dir={assets['root'] / 'prepared'}", "--config.data.seq_len=32",
+            f"--config.data.prepared_dir={assets['data']}", "--config.data.seq_len=32",
             "--config.train.batch_size=8", f"--config.train.num_steps={steps}", "--config.log.every_steps=1",
             "--config.checkpoint.every_steps=1000", *extra]
     result = run_main(args)

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import XLA_TEST_FLAGS
-from test_general import ROOT, STUDENT, metrics, write_corpus, write_teacher
+from conftest import XLA_TEST_FLAGS, made_once
+from test_general import ROOT, STUDENT, general_assets, metrics
 from run_state import read_run_state
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -24,11 +24,9 @@ TERMS = ("loss", "embedding", "attention", "hidden")
 STEPS = 20
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scale")
-    return {"teacher": write_teacher(root / "teacher"), "corpus": write_corpus(root / "corpus.txt"),
-            "data": root / "prepared", "root": root}
+@pytest.fixture(scope="session")
+def assets(shared_dir):
+    return general_assets(shared_dir, "scale")
 
 
 def main_args(assets, workdir, steps, *extra):
@@ -56,12 +54,10 @@ def assert_same_losses(run, reference, steps, rtol=1e-5):
             np.testing.assert_allclose(run[step][term], reference[step][term], rtol=rtol, err_msg=f"{step} {term}")
 
 
-@pytest.fixture(scope="module")
-def reference(assets):
+@pytest.fixture(scope="session")
+def reference(assets, shared_dir):
     """1 process x 4 devices, data parallel, STEPS steps."""
-    workdir = assets["root"] / "reference"
-    run_main(assets, workdir, STEPS)
-    return workdir
+    return made_once(shared_dir, "scale_reference", lambda workdir: run_main(assets, workdir, STEPS))
 
 
 def test_two_processes_match_one_process_then_resume_on_one(assets, reference, tmp_path):

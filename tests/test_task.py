@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import in_process
-from conftest import make_hf_model
+from conftest import made_once, make_hf_model
 from test_general import last_error
 
 POSITIVE = "good great fine lovely superb".split()
@@ -48,17 +48,21 @@ def run_main(config, workdir, *overrides):
     return in_process.run_main([f"--config=configs/{config}.py", f"--workdir={workdir}", *overrides])
 
 
-@pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
-    root = tmp_path_factory.mktemp("task")
-    data = write_sst2(root / "SST-2")
-    pretrained = save_model(root / "pretrained", "BertForMaskedLM")
-    result = run_main("finetune", root / "teacher", f"--config.data.source={data}", f"--config.teacher.path={pretrained}",
-                      "--config.train.batch_size=16", "--config.train.num_epochs=25",
-                      "--config.optimizer.learning_rate=1e-3", "--config.eval.every_steps=50",
-                      "--config.log.every_steps=10")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, data, pretrained
+@pytest.fixture(scope="session")
+def finetuned(shared_dir):
+    """(root, SST-2 data, pre-trained model); root/teacher is the teacher fine-tuned on it (made once per session;
+    each test writes its own directories under root)."""
+    def make(root: Path) -> None:
+        data = write_sst2(root / "SST-2")
+        pretrained = save_model(root / "pretrained", "BertForMaskedLM")
+        result = run_main("finetune", root / "teacher", f"--config.data.source={data}",
+                          f"--config.teacher.path={pretrained}", "--config.train.batch_size=16",
+                          "--config.train.num_epochs=25", "--config.optimizer.learning_rate=1e-3",
+                          "--config.eval.every_steps=50", "--config.log.every_steps=10")
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    root = made_once(shared_dir, "task", make)
+    return root, root / "SST-2", root / "pretrained"
 
 
 def test_finetuned_teacher_learns_the_task(finetuned):
