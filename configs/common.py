@@ -74,3 +74,22 @@ def smoke_distillation(c: ml_collections.ConfigDict, **student) -> None:
     c.optimizer.update(learning_rate=1e-3)
     c.checkpoint.every_steps = 10
     c.log.every_steps = 5
+
+
+def task_data() -> ml_collections.ConfigDict:
+    """The data.* keys of the task configs (fine-tuning and task distillation)."""
+    return ml_collections.ConfigDict(dict(
+        # GLUE: a TSV directory in the GLUE download layout, or "tfds" (glue/<task> prepared in tfds_data_dir);
+        # task=custom: a directory with train.{csv,tsv,jsonl} and dev.{csv,tsv,jsonl}
+        source="",
+        tfds_data_dir="",
+        seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs (docs/data.md)
+        # task=custom only (docs/data.md, "Your own data"). Lists may also be one string with ',' between items:
+        # ml_collections overrides no list from the command line.
+        text_columns=ml_collections.FieldReference("text", field_type=object),  # one or two column names
+        label_column="label",
+        # the label strings in id order ("" = the distinct values of train, sorted); the export's id2label
+        labels=ml_collections.FieldReference("", field_type=object),
+        regression=False,  # the label column is a float score
+        metric="accuracy",  # accuracy | f1 | matthews | pearson_spearman (regression); selects the best on dev
+    ))

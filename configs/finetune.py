@@ -13,14 +13,10 @@ from configs import common
 def get_config(arg=None) -> ml_collections.ConfigDict:
     smoke = common.variant(arg, "configs/finetune.py") == "smoke"
     c = common.base("finetune", keep=2)
-    c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli
+    c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli, or custom (your own files)
     # the pre-trained BERT to fine-tune (it becomes the teacher of task distillation): HF dir or hub id
     c.teacher = ml_collections.ConfigDict(dict(path="bert-base-uncased"))
-    c.data = ml_collections.ConfigDict(dict(
-        source="",  # a GLUE TSV directory (train.tsv, dev.tsv, ...) or "tfds" (glue/<task> in tfds_data_dir)
-        tfds_data_dir="",
-        seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs
-    ))
+    c.data = common.task_data()
     c.train = ml_collections.ConfigDict(dict(batch_size=32, num_epochs=3.0, num_steps=0))
     c.optimizer = common.optimizer(2e-5)
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=64))

@@ -14,12 +14,8 @@ from configs import common
 def get_config(arg=None) -> ml_collections.ConfigDict:
     smoke = common.variant(arg, "configs/task.py") == "smoke"
     c = common.base("task", keep=2)
-    c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli
-    c.data = ml_collections.ConfigDict(dict(
-        source="",  # a GLUE TSV directory or "tfds" (glue/<task> prepared in tfds_data_dir)
-        tfds_data_dir="",
-        seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs (docs/data.md)
-    ))
+    c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli, or custom (your own files)
+    c.data = common.task_data()
     # Fine-tuned BERT classifier (configs/finetune.py export, or any HF BertForSequenceClassification dir/hub id)
     # check_score: stop at start-up when the teacher's dev score is within chance_margin of chance (a teacher that
     # is not fine-tuned, or whose id2label is in another label order); False distils it anyway.

@@ -36,11 +36,11 @@ def write_sst2(directory: Path, seed=0):
     return directory
 
 
-def save_model(directory: Path, cls_name: str, **overrides):
+def save_model(directory: Path, cls_name: str, vocab=VOCAB, **overrides):
     directory.mkdir(parents=True)
-    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     transformers.BertTokenizerFast(str(directory / "vocab.txt")).save_pretrained(directory)
-    make_hf_model(cls_name, **{**TINY, **overrides}).save_pretrained(directory)
+    make_hf_model(cls_name, **{**TINY, "vocab_size": len(vocab), **overrides}).save_pretrained(directory)
     return directory
 
 

@@ -271,10 +271,11 @@ def label_permutation(task: GlueTask, id2label: dict | None) -> np.ndarray | Non
     names = [_canonical_label_name(by_id[i]) for i in range(len(by_id))]
     if all(_GENERIC_LABEL.fullmatch(name) for name in names):
         return None
-    if sorted(names) != sorted(task.labels):
+    wanted = [_canonical_label_name(label) for label in task.labels]
+    if sorted(names) != sorted(wanted):
         raise InputError(f"teacher labels {[by_id[i] for i in range(len(by_id))]} do not match task {task.name}'s "
                          f"labels {list(task.labels)} one to one; fix id2label in the teacher's config.json")
-    perm = np.array([names.index(label) for label in task.labels], np.int32)
+    perm = np.array([names.index(label) for label in wanted], np.int32)
     return None if (perm == np.arange(len(perm))).all() else perm
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import ml_collections
 
 from tinybert_jax import convert, hf_checkpoint, report
-from tinybert_jax.data import glue
+from tinybert_jax.data import glue, tasks
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.spec import compute_dtype
 from tinybert_jax.task import classifier
@@ -17,14 +17,13 @@ from tinybert_jax.task.evaluate import main_score
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     workdir = Path(workdir)
-    task = glue.get_task(config.task)
+    task = tasks.get_task(config)
     model_dir = hf_checkpoint.resolve_checkpoint_dir(config.teacher.path)
     pretrained_cfg, pretrained = convert.load_hf_bert(str(model_dir))
     cfg = classifier.classifier_config(pretrained_cfg, task).replace(dtype=compute_dtype(config))
     tokenizer = load_tokenizer(str(model_dir))
     seq_len = seq_len_for(task, config.data.seq_len)
-    train = glue.encode(glue.read_split(task, config.data.source, "train", config.data.tfds_data_dir), tokenizer,
-                        seq_len)
+    train = glue.encode(tasks.read_split(task, config.data, "train"), tokenizer, seq_len)
     dev_sets = load_dev_sets(task, config.data, tokenizer, seq_len)
 
     best, record = classifier.train_classifier(config, "train", config.optimizer, cfg, task, train, dev_sets,

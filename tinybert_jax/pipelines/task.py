@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from tinybert_jax import convert, distributed, hf_checkpoint, report, sharding
-from tinybert_jax.data import augment, glue
+from tinybert_jax.data import augment, glue, tasks
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.projection import load_projection
 from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, init_trainable, run_meta, \
@@ -37,7 +37,7 @@ from tinybert_jax.train.loop import LoopRecord
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     workdir = Path(workdir)
-    task = glue.get_task(config.task)
+    task = tasks.get_task(config)
     dtype = compute_dtype(config)
     teacher_dir, teacher_cfg, teacher_params, permutation = load_teacher(config, task)
     teacher_cfg = teacher_cfg.replace(dtype=dtype)
@@ -49,7 +49,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     teacher_scores = evaluate(task, teacher_cfg, teacher_params, dev_sets, config.eval.batch_size, permutation)
     check_teacher(config, task, teacher_scores, dev_sets)
 
-    original = glue.read_split(task, config.data.source, "train", config.data.tfds_data_dir)
+    original = tasks.read_split(task, config.data, "train")
     prints = fingerprint.task_fingerprints(config, task.name, original, seq_len, teacher_params, permutation,
                                            student_params, projection)
     check_stage(workdir / "stage1", prints["stage1"], "stage 1")  # before hours of augmentation

@@ -8,7 +8,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from tinybert_jax.data import glue
+from tinybert_jax.data import glue, tasks
 from tinybert_jax.data.loader import global_batches
 from tinybert_jax.errors import InputError
 
@@ -64,5 +64,4 @@ def seq_len_for(task: glue.GlueTask, configured: int) -> int:
 
 def load_dev_sets(task: glue.GlueTask, data: ml_collections.ConfigDict, tokenizer, seq_len: int) -> dict[str, Arrays]:
     """Every dev split of the task (MNLI: matched and mismatched), encoded."""
-    return {split: glue.encode(glue.read_split(task, data.source, split, data.tfds_data_dir), tokenizer, seq_len)
-            for split in task.dev_splits}
+    return {split: glue.encode(tasks.read_split(task, data, split), tokenizer, seq_len) for split in task.dev_splits}

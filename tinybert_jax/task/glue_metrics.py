@@ -1,4 +1,5 @@
-"""GLUE metrics in plain numpy (no scikit-learn or scipy at run time).
+"""Task metrics (GLUE's, and macro F1 for custom tasks of more than two labels) in plain numpy (no scikit-learn
+or scipy at run time).
 
 Correlations that are undefined (a constant input, e.g. a model that predicts one class) are 0.0 rather than
 NaN, so that best-on-dev comparisons and logs stay meaningful.
@@ -30,11 +31,22 @@ def f1(pred: np.ndarray, labels: np.ndarray) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
 
 
+def macro_f1(pred: np.ndarray, labels: np.ndarray) -> float:
+    """The mean over classes (those in either array) of each class's one-vs-rest F1."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    return float(np.mean([f1(pred == k, labels == k) for k in np.union1d(pred, labels)]))
+
+
 def matthews_corr(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Binary Matthews correlation; 0.0 when either array has a single class."""
-    tp, tn, fp, fn = _confusion(pred, labels)
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+    """Matthews correlation, for any number of classes (Gorodkin's R_K; the usual formula for two); 0.0 when either
+    array has a single class."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    classes = np.union1d(pred, labels)
+    predicted = np.array([np.sum(pred == k) for k in classes], np.float64)
+    true = np.array([np.sum(labels == k) for k in classes], np.float64)
+    total, correct = float(len(labels)), float(np.sum(pred == labels))
+    denominator = np.sqrt((total ** 2 - predicted @ predicted) * (total ** 2 - true @ true))
+    return float((correct * total - predicted @ true) / denominator) if denominator else 0.0
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -60,7 +72,7 @@ def pearson_spearman_mean(x: np.ndarray, y: np.ndarray) -> float:
 
 
 _CLASSIFICATION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": accuracy, "f1": f1, "matthews_corr": matthews_corr}
+    "accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "matthews_corr": matthews_corr}
 _REGRESSION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pearson": pearson, "spearman": spearman, "pearson_spearman_mean": pearson_spearman_mean}
 
