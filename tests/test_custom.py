@@ -1,5 +1,5 @@
-"""task=custom: your own CSV/TSV/JSONL files read as a task (labels, pairs, regression, metrics, bad rows), and
-fine-tuning plus task distillation on them end to end with tiny models."""
+"""task=custom: your own CSV/TSV/JSONL files read as a task (labels, pairs, regression, metrics, bad rows),
+fine-tuning plus task distillation on them end to end with tiny models, and predictions for their test file."""
 import csv
 import json
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import sklearn.metrics
+import torch
 import transformers
 
 from configs import common
@@ -182,3 +183,25 @@ def test_custom_regression_pairs_from_jsonl_fine_tune(tmp_path):
     report = json.loads((tmp_path / "teacher" / "report.json").read_text())
     assert report["score"] > 0.8 and set(report["scores"]["dev"]) == {"pearson_spearman_mean", "pearson", "spearman"}
     assert transformers.AutoConfig.from_pretrained(tmp_path / "teacher" / "export").num_labels == 1
+
+
+def test_custom_task_predictions_csv_beside_the_test_file(tmp_path):
+    data = write_topics(tmp_path / "topics")
+    texts, _ = topic_rows(np.random.default_rng(5), 20)
+    write_jsonl(data / "test.jsonl", [{"text": text} for text in texts])  # no label column: unlabelled
+    model_dir = save_model(tmp_path / "model", "BertForSequenceClassification", vocab=VOCAB, num_labels=8)
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    config.id2label = dict(enumerate(sorted(TOPICS, reverse=True)))  # another order than the task's
+    config.label2id = {name: i for i, name in config.id2label.items()}
+    config.save_pretrained(model_dir)
+    result = run_main("predict", tmp_path / "w", "--config.task=custom", f"--config.data.source={data}",
+                      f"--config.model.path={model_dir}", "--config.data.seq_len=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(data / "test.predictions.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    model = transformers.BertForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        expected = [config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]
+    assert rows == [["row", "prediction"]] + [[str(i), label] for i, label in enumerate(expected)]

@@ -208,9 +208,9 @@ def test_workdir_of_another_student_is_refused(assets, tmp_path):
 def test_config_variants_build_and_an_unknown_one_is_refused():
     from in_process import load_config
 
-    for name in ("general", "distilbert", "minilm", "demo", "finetune", "task", "init_student"):
+    for name in ("general", "distilbert", "minilm", "demo", "finetune", "task", "init_student", "predict"):
         full, smoke = load_config(f"configs/{name}.py"), load_config(f"configs/{name}.py:smoke")
-        assert full.pipeline and smoke.seed == full.seed
+        assert full.pipeline and smoke.pipeline and smoke.get("seed") == full.get("seed")
         with pytest.raises(ValueError, match=f"configs/{name}.py: unknown variant 'fast'"):
             load_config(f"configs/{name}.py:fast")
 

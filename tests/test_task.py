@@ -236,3 +236,57 @@ def test_regression_stage2_distils_the_teachers_predictions(finetuned, tmp_path)
     # gold training scores are reversed: distilling them would give a negative dev correlation
     assert report["student_score"] > 0.5, report
     assert np.load(workdir / "stage2" / "teacher_logits.npy").shape == (160, 1)
+
+
+def test_leaderboard_predictions_of_an_exported_classifier(finetuned, tmp_path):
+    """SST-2: the fine-tuned teacher's export; MNLI: a classifier whose id2label is in another order than GLUE's.
+    The files hold every test row's index and the label as GLUE writes it, from the logits transformers gives."""
+    root, _, _ = finetuned
+    rng = np.random.default_rng(3)
+    sst2 = tmp_path / "SST-2"
+    sst2.mkdir()
+    sentences = [sentence(rng, label) for label in rng.integers(0, 2, 30)]
+    (sst2 / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, s in enumerate(sentences)))
+    export = root / "teacher" / "export"
+    result = run_main("predict", tmp_path / "sst2", "--config.task=sst2", f"--config.data.source={sst2}",
+                      f"--config.model.path={export}", "--config.data.seq_len=64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in (tmp_path / "sst2" / "SST-2.tsv").read_text().splitlines()]
+    assert rows[0] == ["index", "prediction"] and [r[0] for r in rows[1:]] == [str(i) for i in range(30)]
+    assert [r[1] for r in rows[1:]] == [str(i) for i in torch_predictions(export, sentences, None, 64)]
+
+    mnli = tmp_path / "MNLI"
+    model_dir = save_model(tmp_path / "mnli_model", "BertForSequenceClassification", num_labels=3)
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    config.id2label = {0: "contradiction", 1: "entailment", 2: "neutral"}
+    config.label2id = {name: i for i, name in config.id2label.items()}
+    config.save_pretrained(model_dir)
+    mnli.mkdir()
+    pairs = {}
+    for split in ("test_matched", "test_mismatched"):
+        pairs[split] = [(sentence(rng, 1), sentence(rng, 0)) for _ in range(12)]
+        header = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\n"
+        (mnli / f"{split}.tsv").write_text(header + "".join(f"{i}\tp\tq\tg\t{a}\t{b}\n"
+                                                            for i, (a, b) in enumerate(pairs[split])))
+    result = run_main("predict", tmp_path / "mnli", "--config.task=mnli", f"--config.data.source={mnli}",
+                      f"--config.model.path={model_dir}", "--config.data.seq_len=64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    glue_labels = ("entailment", "neutral", "contradiction")
+    for split, name in (("test_matched", "MNLI-m"), ("test_mismatched", "MNLI-mm")):
+        rows = [line.split("\t") for line in (tmp_path / "mnli" / f"{name}.tsv").read_text().splitlines()][1:]
+        a, b = zip(*pairs[split])
+        expected = [config.id2label[i] for i in torch_predictions(model_dir, list(a), list(b), 64)]
+        assert [r[1] for r in rows] == expected
+        # the model's ids are not GLUE's, so writing its raw argmax would name other labels
+        assert any(config.label2id[name] != glue_labels.index(name) for name in expected)
+    missing = run_main("predict", tmp_path / "none", "--config.task=sst2", f"--config.data.source={mnli}",
+                       f"--config.model.path={export}")
+    assert "test.tsv: not found" in last_error(missing)
+
+
+def torch_predictions(model_dir, text_a, text_b, seq_len):
+    model = transformers.BertForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(text_a, text_b, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits.argmax(-1).tolist()

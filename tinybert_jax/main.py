@@ -19,7 +19,8 @@ from tinybert_jax.errors import InputError
 from tinybert_jax.train.preemption import Preempted
 
 # pipeline name -> module whose run(config, workdir) carries it out; imported lazily to keep start-up light.
-PIPELINES = {name: f"tinybert_jax.pipelines.{name}" for name in ("init_student", "general", "demo", "finetune", "task")}
+PIPELINES = {name: f"tinybert_jax.pipelines.{name}"
+             for name in ("init_student", "general", "demo", "finetune", "task", "predict")}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and exports")

@@ -78,6 +78,19 @@ def read_split(task: GlueTask, source: str, split: str) -> TaskExamples:
     return TaskExamples(texts[0], texts[1] if len(texts) > 1 else None, np.asarray(labels, dtype))
 
 
+def read_texts(task: GlueTask, source: str, split: str = "test") -> TaskExamples:
+    """The texts of an unlabelled split (labels, if the file has them, are not read)."""
+    path = data_file(source, split)
+    texts: list[list[str]] = [[] for _ in task.text_columns]
+    for line, row in _rows(path):
+        for column, name in zip(texts, task.text_columns):
+            column.append(_field(path, line, row, name))
+    if not texts[0]:
+        raise InputError(f"{path}: no examples")
+    labels = np.zeros(len(texts[0]), np.float32 if task.is_regression else np.int32)
+    return TaskExamples(texts[0], texts[1] if len(texts) > 1 else None, labels)
+
+
 def data_file(source: str, split: str) -> Path:
     """The one SPLIT.{csv,tsv,jsonl} in the directory `source`."""
     directory = Path(source)

@@ -63,6 +63,8 @@ class GlueTask:
     main_metric: str = "accuracy"  # selects the best checkpoint, on dev_splits[0]
     dev_splits: tuple[str, ...] = ("dev",)
     headerless_columns: tuple[str, ...] = ()  # column names of TSV files without a header row (CoLA)
+    # (unlabelled test split, the GLUE leaderboard's file name for its predictions)
+    leaderboard: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_regression(self) -> bool:
@@ -86,27 +88,30 @@ _NLI = ("entailment", "not_entailment")
 TASKS: dict[str, GlueTask] = {task.name: task for task in (
     GlueTask("cola", labels=("unacceptable", "acceptable"), text_columns=("sentence",), label_column="label",
              tsv_labels=_DIGITS, tfds_text_features=("sentence",), metrics=("matthews_corr", "accuracy"),
-             main_metric="matthews_corr", headerless_columns=("source", "label", "original_notation", "sentence")),
+             main_metric="matthews_corr", headerless_columns=("source", "label", "original_notation", "sentence"),
+             leaderboard=(("test", "CoLA"),)),
     GlueTask("sst2", labels=("negative", "positive"), text_columns=("sentence",), label_column="label",
-             tsv_labels=_DIGITS, tfds_text_features=("sentence",)),
+             tsv_labels=_DIGITS, tfds_text_features=("sentence",), leaderboard=(("test", "SST-2"),)),
     GlueTask("mrpc", labels=("not_equivalent", "equivalent"), text_columns=("#1 String", "#2 String"),
              label_column="Quality", tsv_labels=_DIGITS, tfds_text_features=("sentence1", "sentence2"),
-             metrics=("f1", "accuracy"), main_metric="f1"),
+             metrics=("f1", "accuracy"), main_metric="f1", leaderboard=(("test", "MRPC"),)),
     GlueTask("stsb", labels=(), text_columns=("sentence1", "sentence2"), label_column="score", tsv_labels=(),
              tfds_text_features=("sentence1", "sentence2"), metrics=("pearson_spearman_mean", "pearson", "spearman"),
-             main_metric="pearson_spearman_mean"),
+             main_metric="pearson_spearman_mean", leaderboard=(("test", "STS-B"),)),
     GlueTask("qqp", labels=("not_duplicate", "duplicate"), text_columns=("question1", "question2"),
              label_column="is_duplicate", tsv_labels=_DIGITS, tfds_text_features=("question1", "question2"),
-             metrics=("f1", "accuracy"), main_metric="f1"),
+             metrics=("f1", "accuracy"), main_metric="f1", leaderboard=(("test", "QQP"),)),
     GlueTask("mnli", labels=("entailment", "neutral", "contradiction"), text_columns=("sentence1", "sentence2"),
              label_column="gold_label", tsv_labels=("entailment", "neutral", "contradiction"),
-             tfds_text_features=("premise", "hypothesis"), dev_splits=("dev_matched", "dev_mismatched")),
+             tfds_text_features=("premise", "hypothesis"), dev_splits=("dev_matched", "dev_mismatched"),
+             leaderboard=(("test_matched", "MNLI-m"), ("test_mismatched", "MNLI-mm"))),
     GlueTask("qnli", labels=_NLI, text_columns=("question", "sentence"), label_column="label", tsv_labels=_NLI,
-             tfds_text_features=("question", "sentence")),
+             tfds_text_features=("question", "sentence"), leaderboard=(("test", "QNLI"),)),
     GlueTask("rte", labels=_NLI, text_columns=("sentence1", "sentence2"), label_column="label", tsv_labels=_NLI,
-             tfds_text_features=("sentence1", "sentence2")),
+             tfds_text_features=("sentence1", "sentence2"), leaderboard=(("test", "RTE"),)),
     GlueTask("wnli", labels=("not_entailment", "entailment"), text_columns=("sentence1", "sentence2"),
-             label_column="label", tsv_labels=_DIGITS, tfds_text_features=("sentence1", "sentence2")),
+             label_column="label", tsv_labels=_DIGITS, tfds_text_features=("sentence1", "sentence2"),
+             leaderboard=(("test", "WNLI"),)),
 )}
 
 
@@ -211,6 +216,44 @@ def _tsv_label(task: GlueTask, path: Path, line_number: int, value: str) -> int 
         raise InputError(f"{path}:{line_number}: label {value!r} is not one of {task.name}'s labels "
                          f"{', '.join(task.tsv_labels)}")
     return task.tsv_labels.index(value)
+
+
+def read_test_split(task: GlueTask, directory: str, split: str) -> tuple[list[str], TaskExamples]:
+    """The ids (the file's `index` or `id` column, else the row number) and texts of an unlabelled GLUE test file
+    (test.tsv; MNLI test_matched.tsv / test_mismatched.tsv). Test files have a header row, CoLA's too."""
+    path = Path(directory) / f"{split}.tsv"
+    if not path.is_file():
+        raise InputError(f"{path}: not found; GLUE {task.name} test predictions read "
+                         f"{', '.join(f'{name}.tsv' for name, _ in task.leaderboard)}")
+    with open(path, "rb") as f:
+        rows = [(line, _tsv_fields(path, line, raw)) for line, raw in enumerate(f, start=1)]
+    rows = [(line, fields) for line, fields in rows if fields != [""]]
+    if len(rows) < 2:
+        raise InputError(f"{path}: expected a header row and examples of GLUE {task.name}")
+    columns = tuple(rows[0][1])
+    missing = [name for name in task.text_columns if name not in columns]
+    if missing:
+        raise InputError(f"{path}: header has no column {', '.join(map(repr, missing))} (header: "
+                         f"{', '.join(columns)})")
+    id_column = next((columns.index(name) for name in ("index", "id") if name in columns), None)
+    ids, texts = [], [[] for _ in task.text_columns]
+    for number, (line, fields) in enumerate(rows[1:]):
+        if len(fields) != len(columns):
+            raise InputError(f"{path}:{line}: {len(fields)} tab-separated fields, expected {len(columns)} "
+                             f"({', '.join(columns)})")
+        ids.append(fields[id_column] if id_column is not None else str(number))
+        for column, name in zip(texts, task.text_columns):
+            column.append(fields[columns.index(name)])
+    labels = np.zeros(len(ids), np.float32 if task.is_regression else np.int32)
+    return ids, TaskExamples(texts[0], texts[1] if len(texts) > 1 else None, labels)
+
+
+def leaderboard_labels(task: GlueTask, logits: np.ndarray) -> list[str]:
+    """Predictions as the leaderboard writes them: the label as in the task's TSV files, or the score in
+    [0, 5] for STS-B."""
+    if task.is_regression:
+        return [f"{score:.3f}" for score in np.clip(logits[:, 0], *STSB_SCORE_RANGE)]
+    return [task.tsv_labels[i] for i in np.argmax(logits, axis=-1)]
 
 
 # ----------------------------------------------------------------------------------------------- TFDS

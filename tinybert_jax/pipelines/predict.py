@@ -1,0 +1,78 @@
+"""The `predict` pipeline: an exported classifier's predictions for its task's unlabelled test data. GLUE: the
+leaderboard's files (WORKDIR/SST-2.tsv, MNLI-m.tsv and MNLI-mm.tsv, ...: `index` and the label as GLUE writes it).
+task=custom: test.predictions.csv beside the test file (`row`, the 0-based example, and the predicted label or
+score)."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from tinybert_jax import convert, distributed, hf_checkpoint, report
+from tinybert_jax.data import custom, glue, tasks
+from tinybert_jax.data.prepare import load_tokenizer
+from tinybert_jax.distill.spec import compute_dtype
+from tinybert_jax.errors import InputError
+from tinybert_jax.task.data import seq_len_for
+from tinybert_jax.task.evaluate import predict
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    task = tasks.get_task(config)
+    model_dir = hf_checkpoint.resolve_checkpoint_dir(config.model.path)
+    cfg, params = convert.load_hf_bert(str(model_dir))
+    if cfg.num_labels != task.num_labels:
+        raise InputError(f"model.path={config.model.path}: a classifier with {cfg.num_labels} output(s), but "
+                         f"{task.name} needs {task.num_labels}")
+    try:
+        permutation = glue.label_permutation(task, hf_checkpoint.read_config(model_dir).get("id2label"))
+    except InputError as e:
+        raise InputError(f"{model_dir / 'config.json'}: {e}") from None
+    cfg = cfg.replace(dtype=compute_dtype(config))
+    tokenizer, seq_len = load_tokenizer(str(model_dir)), seq_len_for(task, config.data.seq_len)
+
+    def logits_of(examples: glue.TaskExamples) -> np.ndarray:
+        return predict(cfg, params, glue.encode(examples, tokenizer, seq_len), config.eval.batch_size, permutation)
+
+    rows = []
+    if task.name == custom.NAME:
+        examples = custom.read_texts(task, config.data.source)
+        out = custom.data_file(config.data.source, "test").with_name("test.predictions.csv")
+        labels = predicted_labels(task, logits_of(examples))
+        write_rows(out, [("row", "prediction")] + list(enumerate(labels)), ",")
+        rows.append((str(out), f"{len(labels)} predictions"))
+    else:
+        if config.data.source == glue.TFDS_SOURCE:
+            raise InputError("data.source=tfds: leaderboard predictions read the GLUE download's test TSV files; "
+                             "give its directory")
+        for split, name in task.leaderboard:
+            ids, examples = glue.read_test_split(task, config.data.source, split)
+            out = Path(workdir) / f"{name}.tsv"
+            labels = glue.leaderboard_labels(task, logits_of(examples))
+            write_rows(out, [("index", "prediction")] + list(zip(ids, labels)), "\t")
+            rows.append((str(out), f"{len(ids)} predictions ({split})"))
+    report.print_table(f"predictions of {model_dir} on {task.name}", rows)
+
+
+def predicted_labels(task: glue.GlueTask, logits: np.ndarray) -> list[str]:
+    """The label names of the predictions, or the scores of a regression."""
+    if task.is_regression:
+        return [f"{score:.6g}" for score in logits[:, 0]]
+    return [task.labels[i] for i in np.argmax(logits, axis=-1)]
+
+
+def write_rows(path: Path, rows: list, delimiter: str) -> None:
+    """Written beside, then moved into place: an interrupted run leaves no half file (process 0 only)."""
+    if not distributed.is_leader():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f, delimiter=delimiter, lineterminator="\n").writerows(rows)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the predictions ({e.strerror})") from e
