@@ -46,6 +46,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.stage2 = ml_collections.ConfigDict(dict(batch_size=32, num_epochs=3.0, num_steps=0, temperature=1.0,
                                               optimizer=common.optimizer(3e-5, "linear", 0.1)))
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=64))
+    # Stage 2 once per seed (a list, or one string such as "0,1,2"; "" = once, with `seed`), all from one stage 1;
+    # the report gives each seed's dev score, mean +- std and the best, whose model is exported. With
+    # seeds_whole_pipeline=True the whole pipeline (augmentation, both stages) runs per seed in WORKDIR/seed_N.
+    c.seeds = ml_collections.FieldReference("", field_type=object)
+    c.seeds_whole_pipeline = False
     if smoke:
         c.augment.enabled = False
         for stage in (c.stage1, c.stage2):

@@ -290,3 +290,36 @@ def torch_predictions(model_dir, text_a, text_b, seq_len):
     batch = tokenizer(text_a, text_b, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
     with torch.no_grad():
         return model(**batch).logits.argmax(-1).tolist()
+
+
+def test_stage2_per_seed_reports_each_seed_and_exports_the_best(finetuned, tmp_path):
+    root, data, _ = finetuned
+    student = save_model(tmp_path / "student", "BertModel", hidden_size=16, intermediate_size=24)
+    common = [f"--config.data.source={data}", f"--config.teacher.path={root / 'teacher' / 'export'}",
+              f"--config.student.init={student}", "--config.augment.enabled=False", "--config.stage1.batch_size=16",
+              "--config.stage1.num_steps=4", "--config.stage2.batch_size=16", "--config.stage2.num_steps=12",
+              "--config.stage2.optimizer.learning_rate=2e-3", "--config.eval.every_steps=6"]
+    workdir = tmp_path / "seeds"
+    result = run_main("task", workdir, *common, "--config.seeds=3,7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((workdir / "report.json").read_text())
+    scores = {seed: json.loads((workdir / "stage2" / f"seed_{seed}" / "best" / "best.json").read_text())["score"]
+              for seed in (3, 7)}
+    assert report["seed_scores"] == {str(seed): score for seed, score in scores.items()}
+    assert report["seed_mean"] == pytest.approx(np.mean(list(scores.values())))
+    assert report["seed_std"] == pytest.approx(np.std(list(scores.values())))
+    assert report["best_seed"] == max(scores, key=scores.get) and report["student_score"] == max(scores.values())
+    losses = [[json.loads(line).get("loss") for line in
+               (workdir / "stage2" / f"seed_{seed}" / "metrics.jsonl").read_text().splitlines()] for seed in (3, 7)]
+    assert losses[0] != losses[1]  # other initialisation of the classifier and another data order
+    assert "mean +- std" in result.stdout
+
+    whole = tmp_path / "whole"
+    result = run_main("task", whole, *common, "--config.seeds=0,1", "--config.seeds_whole_pipeline=True")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((whole / "report.json").read_text())
+    per_seed = {str(seed): json.loads((whole / f"seed_{seed}" / "report.json").read_text())["student_score"]
+                for seed in (0, 1)}
+    assert report["seed_scores"] == per_seed and (whole / "seed_1" / "export" / "config.json").is_file()
+    bad = run_main("task", tmp_path / "bad", *common, "--config.seeds=0,x")
+    assert "seeds='0,x': give integer seeds" in last_error(bad)

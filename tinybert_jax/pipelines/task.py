@@ -13,6 +13,7 @@ again, a finished or half-done stage from other inputs is refused.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import ml_collections
@@ -36,7 +37,53 @@ from tinybert_jax.train.loop import LoopRecord
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    workdir = Path(workdir)
+    seeds = seed_list(config)
+    if not (config.seeds_whole_pipeline and len(seeds) > 1):
+        run_once(config, Path(workdir))
+        return
+    # the whole pipeline once per seed, each in WORKDIR/seed_N; WORKDIR/report.json compares them
+    student_scores = {}
+    for seed in seeds:
+        seeded = with_seed(config, seed)
+        seeded.seeds = ""
+        run_once(seeded, Path(workdir) / f"seed_{seed}")
+        student_scores[seed] = json.loads((Path(workdir) / f"seed_{seed}" / "report.json").read_text())["student_score"]
+    summary, rows = seed_summary(student_scores)
+    report.write_report(Path(workdir) / "report.json", {"task": config.task, **summary})
+    report.print_table(f"task distillation ({config.task}), whole pipeline per seed", rows + [
+        ("exports", str(Path(workdir) / "seed_N" / "export"))])
+
+
+def seed_list(config: ml_collections.ConfigDict) -> list[int]:
+    """config.seeds (a list, or one string with ',' between seeds), or else [config.seed]."""
+    value = config.seeds
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        seeds = [int(item) for item in items if str(item).strip()]
+    except ValueError:
+        raise InputError(f"seeds={value!r}: give integer seeds, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"seeds={value!r}: a seed is given twice")
+    return seeds or [int(config.seed)]
+
+
+def with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    return seeded
+
+
+def seed_summary(scores: dict[int, float]) -> tuple[dict, list[tuple[str, str]]]:
+    """Each seed's score, their mean and standard deviation, and the best seed (for the report and the table)."""
+    values = np.array(list(scores.values()))
+    best = max(scores, key=scores.get)
+    summary = {"seed_scores": {str(seed): score for seed, score in scores.items()}, "seed_mean": float(values.mean()),
+               "seed_std": float(values.std()), "best_seed": best}
+    rows = [(f"seed {seed}", f"{score:.4f}" + ("  (best)" if seed == best else "")) for seed, score in scores.items()]
+    return summary, rows + [("mean +- std", f"{values.mean():.4f} +- {values.std():.4f} over {len(values)} seeds")]
+
+
+def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     task = tasks.get_task(config)
     dtype = compute_dtype(config)
     teacher_dir, teacher_cfg, teacher_params, permutation = load_teacher(config, task)
@@ -67,24 +114,36 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     classifier_cfg = classifier.classifier_config(student_cfg, task)
     export_dir = workdir / "export"
+    # one stage 2 per seed (config.seeds; else WORKDIR/stage2 with config.seed), all from the same stage 1
+    seeds = seed_list(config)
+    stage2_dirs = {seed: workdir / "stage2" / (f"seed_{seed}" if config.seeds else "") for seed in seeds}
     if not (export_dir / "config.json").is_file():
         init = {**stage1_params, **({"pooler": student_params["pooler"]} if "pooler" in student_params else {})}
         train["teacher_logits"] = teacher_logits(teacher_cfg, teacher_params, permutation, train,
                                                  config.eval.batch_size, prints["teacher_logits"], workdir)
-        best, record = classifier.train_classifier(
-            config, "stage2", config.stage2.optimizer, classifier_cfg, task, train, dev_sets, init,
-            workdir / "stage2", desc=f"{task.name} stage 2 (prediction layer)", temperature=config.stage2.temperature)
-        classifier.export_classifier(best, task, export_dir, teacher_dir)
-        rows += record.summary_rows()
+        keepers = {}
+        for seed, directory in stage2_dirs.items():
+            keepers[seed], record = classifier.train_classifier(
+                with_seed(config, seed), "stage2", config.stage2.optimizer, classifier_cfg, task, train, dev_sets,
+                init, directory, desc=f"{task.name} stage 2 (prediction layer)" + (
+                    f", seed {seed}" if config.seeds else ""), temperature=config.stage2.temperature)
+            rows += record.summary_rows()
+        best_seed = max(keepers, key=lambda seed: keepers[seed].best["score"])
+        classifier.export_classifier(keepers[best_seed], task, export_dir, teacher_dir)
 
-    _, best_params = convert.load_flax_dir(workdir / "stage2" / "best" / "params")
+    seed_scores = {seed: json.loads((directory / "best" / "best.json").read_text())["score"]
+                   for seed, directory in stage2_dirs.items()}
+    best_seed = max(seed_scores, key=seed_scores.get)
+    _, best_params = convert.load_flax_dir(stage2_dirs[best_seed] / "best" / "params")
     student_scores = evaluate(task, classifier_cfg, best_params, dev_sets, config.eval.batch_size)
     teacher_score, student_score = main_score(task, teacher_scores), main_score(task, student_scores)
     retention = 100.0 * student_score / teacher_score if teacher_score else float("nan")
+    seeds_report, seed_rows = seed_summary(seed_scores) if config.seeds else ({}, [])
     report.write_report(workdir / "report.json",
                         {"task": task.name, "metric": task.main_metric, "teacher": teacher_scores,
                          "student": student_scores, "teacher_score": teacher_score, "student_score": student_score,
-                         "retention_percent": retention})
+                         "retention_percent": retention, **seeds_report})
+    rows += seed_rows
     rows += [("task", task.name), ("metric", f"{task.dev_splits[0]} {task.main_metric}"),
              ("teacher", f"{teacher_score:.4f}"), ("student", f"{student_score:.4f}"),
              ("retention", f"{retention:.1f}%")]
