@@ -323,3 +323,15 @@ def test_stage2_per_seed_reports_each_seed_and_exports_the_best(finetuned, tmp_p
     assert report["seed_scores"] == per_seed and (whole / "seed_1" / "export" / "config.json").is_file()
     bad = run_main("task", tmp_path / "bad", *common, "--config.seeds=0,x")
     assert "seeds='0,x': give integer seeds" in last_error(bad)
+
+
+def test_stage1_settings_are_checked_before_augmentation(finetuned, tmp_path):
+    root, data, _ = finetuned
+    student = save_model(tmp_path / "student", "BertModel", hidden_size=16, intermediate_size=24)
+    workdir = tmp_path / "w"
+    result = run_main("task", workdir, f"--config.data.source={data}",
+                      f"--config.teacher.path={root / 'teacher' / 'export'}", f"--config.student.init={student}",
+                      f"--config.augment.mlm_path={tmp_path / 'no_such_mlm'}", "--config.loss.preset=custom",
+                      "--config.loss.matches=prediction logits_soft_ce 0 0 1")
+    assert "term 'prediction'" in last_error(result)
+    assert not (workdir / "augmented").exists() and not (workdir / "stage1" / "checkpoints").exists()

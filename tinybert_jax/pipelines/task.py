@@ -26,7 +26,7 @@ from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.projection import load_projection
 from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, init_trainable, run_meta, \
     with_trimmed_teacher
-from tinybert_jax.distill.step import make_distill_step
+from tinybert_jax.distill.step import DistillSpec, make_distill_step
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, abstract_params
 from tinybert_jax.task import classifier, fingerprint
@@ -100,16 +100,19 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     prints = fingerprint.task_fingerprints(config, task.name, original, seq_len, teacher_params, permutation,
                                            student_params, projection)
     check_stage(workdir / "stage1", prints["stage1"], "stage 1")  # before hours of augmentation
+    stage1_plan = None
+    if not (workdir / "stage1" / "student" / "bert_config.json").is_file():
+        initial = {"student": classifier.encoder_params(student_params),
+                   **({"projection": projection} if projection is not None else {})}
+        stage1_plan = plan_stage1(config, task, teacher_cfg, teacher_params, student_cfg, seq_len, initial, workdir,
+                                  prints["stage1"])
     train = glue.encode(training_examples(config, original, prints["augmented"], workdir), tokenizer, seq_len)
     logging.info("%s: %d training examples%s", task.name, count(train),
                  " (augmented)" if config.augment.enabled else "")
 
     rows = []
-    if not (workdir / "stage1" / "student" / "bert_config.json").is_file():
-        initial = {"student": classifier.encoder_params(student_params),
-                   **({"projection": projection} if projection is not None else {})}
-        rows += stage1(config, task, teacher_cfg, teacher_params, student_cfg, initial, train, workdir,
-                       prints["stage1"]).summary_rows()
+    if stage1_plan is not None:
+        rows += stage1(config, *stage1_plan, train).summary_rows()
     _, stage1_params = convert.load_flax_dir(workdir / "stage1" / "student")
 
     classifier_cfg = classifier.classifier_config(student_cfg, task)
@@ -228,27 +231,34 @@ def check_stage(directory: Path, stage_fingerprint: dict, what: str) -> None:
                          f"the same settings, or delete {directory} to train it again")
 
 
-def stage1(config, task, teacher_cfg, teacher_params, student_cfg, initial: dict, train: Arrays,
-           workdir: Path, stage_fingerprint: dict) -> LoopRecord:
-    """Intermediate-layer distillation; saves the student to WORKDIR/stage1/student."""
-    seq_len = int(train["input_ids"].shape[1])
+def plan_stage1(config, task, teacher_cfg, teacher_params, student_cfg, seq_len: int, initial: dict,
+                workdir: Path, stage_fingerprint: dict) -> tuple[DistillSpec, dict, engine.Job]:
+    """Stage 1's terms, trimmed teacher and job (its step count follows from the training set), checked before
+    augmentation: terms the models cannot take, a mesh or batch the devices cannot, another run's checkpoints."""
     spec = distill_spec(config, teacher_cfg, student_cfg, seq_len, logit_terms=False)
     spec, trimmed = with_trimmed_teacher(spec, teacher_params, config.dtype)
     logging.info("stage 1 terms (student <- teacher): %s", describe(spec))
-    stage, directory = config.stage1, workdir / "stage1"
-    num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, "stage1")
-    job = engine.job_for(config, f"{task.name} stage 1 (intermediate layers)", directory, num_steps,
-                         stage.batch_size, stage.optimizer, run_meta(spec, seq_len), initial=initial,
+    directory = workdir / "stage1"
+    job = engine.job_for(config, f"{task.name} stage 1 (intermediate layers)", directory, 0,
+                         config.stage1.batch_size, config.stage1.optimizer, run_meta(spec, seq_len), initial=initial,
                          section="stage1")
-    if distributed.is_leader():  # before the first checkpoint, so a half-done stage is recognised too
+    if distributed.is_leader():  # before anything is written there, so a half-done stage is recognised too
         fingerprint.write(directory / "fingerprint.json", stage_fingerprint)
+    engine.check_before_preparing(config, job)
+    return spec, trimmed, job
+
+
+def stage1(config, spec: DistillSpec, trimmed: dict, job: engine.Job, train: Arrays) -> LoopRecord:
+    """Intermediate-layer distillation; saves the student to WORKDIR/stage1/student."""
+    stage = config.stage1
+    job.num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, "stage1")
     result = engine.train(config, job, lambda rng: init_trainable(spec, rng),
                           lambda tx, schedule: make_distill_step(spec, tx, schedule),
                           lambda rows: train_iterator(train, stage.batch_size, config.seed, rows),
                           frozen=engine.Frozen(trimmed, abstract_params(spec.teacher)))
     params = sharding.host_copy(result.state.params["student"])
     if distributed.is_leader():
-        convert.save_flax_dir(student_cfg, params, directory / "student", overwrite=True)
+        convert.save_flax_dir(spec.student, params, job.directory / "student", overwrite=True)
     distributed.barrier("stage 1 saved")
     return result.record
 
