@@ -229,7 +229,7 @@ def test_regression_stage2_distils_the_teachers_predictions(finetuned, tmp_path)
                       f"--config.teacher.path={teacher_run / 'export'}", f"--config.student.init={student}",
                       "--config.augment.enabled=False", "--config.data.seq_len=32", "--config.stage1.batch_size=16",
                       "--config.stage1.num_epochs=3", "--config.stage2.batch_size=16", "--config.stage2.num_epochs=20",
-                      "--config.stage2.optimizer.learning_rate=2e-3", "--config.eval.every_steps=20")
+                      "--config.stage2.optimizer.learning_rate=2e-3", "--config.eval.every_steps=40")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     assert report["teacher_score"] > 0.8, report
@@ -315,7 +315,8 @@ def test_stage2_per_seed_reports_each_seed_and_exports_the_best(finetuned, tmp_p
     assert "mean +- std" in result.stdout
 
     whole = tmp_path / "whole"
-    result = run_main("task", whole, *common, "--config.seeds=0,1", "--config.seeds_whole_pipeline=True")
+    result = run_main("task", whole, *common, "--config.seeds=0,1", "--config.seeds_whole_pipeline=True",
+                      "--config.stage1.num_steps=2", "--config.stage2.num_steps=4", "--config.eval.every_steps=4")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((whole / "report.json").read_text())
     per_seed = {str(seed): json.loads((whole / f"seed_{seed}" / "report.json").read_text())["student_score"]
