@@ -22,18 +22,19 @@ from typing import Iterator, Sequence, Union
 import ml_collections
 import numpy as np
 
-from tinybert_jax.data.glue import GlueTask, TaskExamples
+from tinybert_jax.data.glue import GlueTask, TaskExamples, parse_score
 from tinybert_jax.errors import InputError
 
 NAME = "custom"
 FORMATS = ("csv", "tsv", "jsonl")
 SPLITS = ("train", "dev")
-# data.metric -> (metrics reported, the one that selects the best checkpoint), by kind of task
+# data.metric -> the metric that selects the best checkpoint on dev
 METRICS = {"accuracy": "accuracy", "f1": "f1", "matthews": "matthews_corr", "pearson_spearman": "pearson_spearman_mean"}
 
 
-def names(value: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    """A list of names, or one string of them separated by ','."""
+def names(value: Union[str, Sequence]) -> tuple[str, ...]:
+    """A list setting, given as a list (experiment files) or one string with ',' between items (the command line:
+    ml_collections overrides no list field), as stripped strings; also the task pipeline's `seeds`."""
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(str(item).strip() for item in items if str(item).strip())
 
@@ -63,32 +64,20 @@ def custom_task(data: ml_collections.ConfigDict) -> GlueTask:
                     tsv_labels=labels, tfds_text_features=(), metrics=metrics, main_metric=metric)
 
 
-def read_split(task: GlueTask, source: str, split: str) -> TaskExamples:
-    """The examples of train or dev, label ids in task.labels' order (float scores for regression)."""
+def read_split(task: GlueTask, source: str, split: str, labelled: bool = True) -> TaskExamples:
+    """The examples of `split`, label ids in task.labels' order (float scores for regression); labelled=False
+    reads only the texts (an unlabelled test file; a label column is ignored) and gives zero labels."""
     path = data_file(source, split)
     texts: list[list[str]] = [[] for _ in task.text_columns]
     labels: list = []
     for line, row in _rows(path):
         for column, name in zip(texts, task.text_columns):
             column.append(_field(path, line, row, name))
-        labels.append(_label(task, path, line, _field(path, line, row, task.label_column)))
+        labels.append(_label(task, path, line, _field(path, line, row, task.label_column)) if labelled else 0)
     if not labels:
         raise InputError(f"{path}: no examples")
     dtype = np.float32 if task.is_regression else np.int32
     return TaskExamples(texts[0], texts[1] if len(texts) > 1 else None, np.asarray(labels, dtype))
-
-
-def read_texts(task: GlueTask, source: str, split: str = "test") -> TaskExamples:
-    """The texts of an unlabelled split (labels, if the file has them, are not read)."""
-    path = data_file(source, split)
-    texts: list[list[str]] = [[] for _ in task.text_columns]
-    for line, row in _rows(path):
-        for column, name in zip(texts, task.text_columns):
-            column.append(_field(path, line, row, name))
-    if not texts[0]:
-        raise InputError(f"{path}: no examples")
-    labels = np.zeros(len(texts[0]), np.float32 if task.is_regression else np.int32)
-    return TaskExamples(texts[0], texts[1] if len(texts) > 1 else None, labels)
 
 
 def data_file(source: str, split: str) -> Path:
@@ -161,10 +150,7 @@ def _field(path: Path, line: int, row: dict, name: str) -> str:
 
 def _label(task: GlueTask, path: Path, line: int, value: str) -> int | float:
     if task.is_regression:
-        try:
-            score = float(value)
-        except ValueError:
-            score = math.nan
+        score = parse_score(value)
         if not math.isfinite(score):
             raise InputError(f"{path}:{line}: score {value!r} is not a finite number (data.regression=True)")
         return score

@@ -202,12 +202,17 @@ def _column_indices(task: GlueTask, path: Path, columns: tuple[str, ...]) -> tup
     return [columns.index(name) for name in task.text_columns], columns.index(task.label_column)
 
 
+def parse_score(value: str) -> float:
+    """The number a score field holds; NaN when it holds none (callers check their own range, naming the line)."""
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
 def _tsv_label(task: GlueTask, path: Path, line_number: int, value: str) -> int | float:
     if task.is_regression:
-        try:
-            score = float(value)
-        except ValueError:
-            score = math.nan
+        score = parse_score(value)
         if not STSB_SCORE_RANGE[0] <= score <= STSB_SCORE_RANGE[1]:
             raise InputError(f"{path}:{line_number}: score {value!r} is not a number in "
                              f"[{STSB_SCORE_RANGE[0]}, {STSB_SCORE_RANGE[1]}]")

@@ -14,7 +14,7 @@ from tinybert_jax.distill.matches import (LOGIT_LOSSES, resolve_matches, teacher
                                          uses_teacher_logits)
 from tinybert_jax.distill.step import DistillSpec, trim_teacher
 from tinybert_jax.errors import InputError
-from tinybert_jax.models.bert import Bert, BertConfig
+from tinybert_jax.models.bert import BertConfig, boxed_params
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -76,7 +76,6 @@ def describe(spec: DistillSpec) -> str:
 def init_trainable(spec: DistillSpec, rng: jax.Array) -> dict:
     """Boxed (logically named) student and projection parameters."""
     student_rng, projection_rng = jax.random.split(rng)
-    ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
-    student = Bert(spec.student).init(student_rng, ids, ids, ids)["params"]
+    student = boxed_params(spec.student, student_rng)
     projection = spec.projection.init(projection_rng, jax.numpy.zeros((1, spec.student.hidden_size)))["params"]
     return {"student": student, "projection": projection}

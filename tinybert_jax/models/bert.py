@@ -354,10 +354,15 @@ def init_params(cfg: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, 
     return jax.jit(lambda key: nn.meta.unbox(Bert(cfg).init(key, ids, ids, jnp.ones_like(ids))["params"]))(rng)
 
 
+def boxed_params(cfg: BertConfig, rng: jax.Array) -> dict[str, Any]:
+    """Random parameters boxed with their logical axis names, as sharded creation (engine.create_state) wants."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return Bert(cfg).init(rng, ids, ids, ids)["params"]
+
+
 def abstract_params(cfg: BertConfig) -> dict[str, Any]:
     """Shapes and dtypes of every parameter, boxed with their logical axis names; nothing is allocated."""
-    ids = jnp.zeros((1, 8), jnp.int32)
-    return jax.eval_shape(lambda: Bert(cfg).init(jax.random.key(0), ids, ids, ids))["params"]
+    return jax.eval_shape(lambda: boxed_params(cfg, jax.random.key(0)))
 
 
 def cast_to_param_dtypes(cfg: BertConfig, params: dict[str, Any]) -> dict[str, Any]:

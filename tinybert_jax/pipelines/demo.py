@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import jax
 import ml_collections
 from absl import logging
 
 from tinybert_jax import convert, distributed, report, sharding
 from tinybert_jax.data import loader, prepare
 from tinybert_jax.data.wordpiece import train_wordpiece
-from tinybert_jax.models.bert import Bert, bert_config_from
+from tinybert_jax.models.bert import bert_config_from, boxed_params
 from tinybert_jax.pipelines import general
 from tinybert_jax.train import engine
 from tinybert_jax.train.mlm import make_mlm_step
@@ -55,9 +54,8 @@ def pretrain_teacher(config: ml_collections.ConfigDict, teacher_dir: Path, prepa
     job = engine.job_for(config, "teacher masked-LM", teacher_dir, training.num_steps, training.batch_size,
                          training.optimizer, {"model": dataclasses.asdict(cfg), "seq_len": config.data.seq_len},
                          checkpoint_every_steps=training.checkpoint_every_steps, section="teacher_training")
-    dummy = jax.numpy.zeros((1, 8), jax.numpy.int32)
     result = engine.train(
-        config, job, lambda rng: {"model": Bert(cfg).init(rng, dummy, dummy, dummy)["params"]},
+        config, job, lambda rng: {"model": boxed_params(cfg, rng)},
         lambda tx, schedule: make_mlm_step(cfg, tx, schedule, (ids["cls_id"], ids["sep_id"], ids["pad_id"]),
                                            ids["mask_id"], training.mask_prob),
         lambda rows: loader.make_train_iterator(prepared_dir, training.batch_size, config.seed, rows=rows))

@@ -11,26 +11,19 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from tinybert_jax import convert, distributed, hf_checkpoint, report
+from tinybert_jax import distributed, report
 from tinybert_jax.data import custom, glue, tasks
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.spec import compute_dtype
 from tinybert_jax.errors import InputError
+from tinybert_jax.task import classifier
 from tinybert_jax.task.data import seq_len_for
 from tinybert_jax.task.evaluate import predict
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     task = tasks.get_task(config)
-    model_dir = hf_checkpoint.resolve_checkpoint_dir(config.model.path)
-    cfg, params = convert.load_hf_bert(str(model_dir))
-    if cfg.num_labels != task.num_labels:
-        raise InputError(f"model.path={config.model.path}: a classifier with {cfg.num_labels} output(s), but "
-                         f"{task.name} needs {task.num_labels}")
-    try:
-        permutation = glue.label_permutation(task, hf_checkpoint.read_config(model_dir).get("id2label"))
-    except InputError as e:
-        raise InputError(f"{model_dir / 'config.json'}: {e}") from None
+    model_dir, cfg, params, permutation = classifier.load_classifier(config.model.path, "model.path", task)
     cfg = cfg.replace(dtype=compute_dtype(config))
     tokenizer, seq_len = load_tokenizer(str(model_dir)), seq_len_for(task, config.data.seq_len)
 
@@ -39,7 +32,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     rows = []
     if task.name == custom.NAME:
-        examples = custom.read_texts(task, config.data.source)
+        examples = custom.read_split(task, config.data.source, "test", labelled=False)
         out = custom.data_file(config.data.source, "test").with_name("test.predictions.csv")
         labels = predicted_labels(task, logits_of(examples))
         write_rows(out, [("row", "prediction")] + list(enumerate(labels)), ",")

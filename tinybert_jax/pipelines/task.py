@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tinybert_jax import convert, distributed, hf_checkpoint, report, sharding
-from tinybert_jax.data import augment, glue, tasks
+from tinybert_jax import convert, distributed, report, sharding
+from tinybert_jax.data import augment, custom, glue, tasks
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.projection import load_projection
 from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, init_trainable, run_meta, \
@@ -57,9 +57,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 def seed_list(config: ml_collections.ConfigDict) -> list[int]:
     """config.seeds (a list, or one string with ',' between seeds), or else [config.seed]."""
     value = config.seeds
-    items = value.split(",") if isinstance(value, str) else list(value)
     try:
-        seeds = [int(item) for item in items if str(item).strip()]
+        seeds = [int(item) for item in custom.names(value)]
     except ValueError:
         raise InputError(f"seeds={value!r}: give integer seeds, e.g. 0,1,2") from None
     if len(set(seeds)) != len(seeds):
@@ -86,7 +85,9 @@ def seed_summary(scores: dict[int, float]) -> tuple[dict, list[tuple[str, str]]]
 def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     task = tasks.get_task(config)
     dtype = compute_dtype(config)
-    teacher_dir, teacher_cfg, teacher_params, permutation = load_teacher(config, task)
+    # the fine-tuned teacher, its logits permuted to the task's label order
+    teacher_dir, teacher_cfg, teacher_params, permutation = classifier.load_classifier(
+        config.teacher.path, "teacher.path", task, "; fine-tune a teacher first with configs/finetune.py")
     teacher_cfg = teacher_cfg.replace(dtype=dtype)
     student_cfg, student_params, projection = load_student(config, teacher_cfg)
     student_cfg = student_cfg.replace(dtype=dtype)
@@ -155,21 +156,6 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     rows += [("export", str(export_dir)), ("report", str(workdir / "report.json")),
              ("load with", report.load_line(export_dir, "AutoModelForSequenceClassification"))]
     report.print_table(f"task distillation ({task.name})", rows)
-
-
-def load_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask):
-    """(dir, config, params, permutation to canonical label order) of the fine-tuned teacher."""
-    teacher_dir = hf_checkpoint.resolve_checkpoint_dir(config.teacher.path)
-    cfg, params = convert.load_hf_bert(str(teacher_dir))
-    if cfg.num_labels != task.num_labels:
-        raise InputError(f"teacher.path={config.teacher.path}: a classifier with {cfg.num_labels} output(s) "
-                         f"(0 = no classifier head), but {task.name} needs {task.num_labels}; fine-tune a teacher "
-                         f"first with configs/finetune.py")
-    try:
-        permutation = glue.label_permutation(task, hf_checkpoint.read_config(teacher_dir).get("id2label"))
-    except InputError as e:
-        raise InputError(f"{teacher_dir / 'config.json'}: {e}") from None
-    return teacher_dir, cfg, params, permutation
 
 
 def check_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask, scores: dict, dev_sets: dict) -> None:

@@ -6,18 +6,36 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
-import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
-from tinybert_jax import convert, distributed
+from tinybert_jax import convert, distributed, hf_checkpoint
 from tinybert_jax.data import glue
-from tinybert_jax.models.bert import Bert, BertConfig
+from tinybert_jax.errors import InputError
+from tinybert_jax.models.bert import BertConfig, boxed_params
 from tinybert_jax.task.data import Arrays, count, train_iterator
 from tinybert_jax.task.evaluate import BestOnDev
 from tinybert_jax.task.steps import make_task_step
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
+
+
+def load_classifier(path: str, key: str, task: glue.GlueTask, hint: str = "") -> tuple[Path, BertConfig, dict,
+                                                                                 Optional[np.ndarray]]:
+    """(directory, config, parameters, permutation of its logits to the task's label order) of the classifier at
+    `path` (the config key `key`); refused when its output count is not the task's (`hint` says what to do) or its
+    id2label names other labels."""
+    directory = hf_checkpoint.resolve_checkpoint_dir(path)
+    cfg, params = convert.load_hf_bert(str(directory))
+    if cfg.num_labels != task.num_labels:
+        raise InputError(f"{key}={path}: a classifier with {cfg.num_labels} output(s) (0 = no classifier head), but "
+                         f"{task.name} needs {task.num_labels}{hint}")
+    try:
+        permutation = glue.label_permutation(task, hf_checkpoint.read_config(directory).get("id2label"))
+    except InputError as e:
+        raise InputError(f"{directory / 'config.json'}: {e}") from None
+    return directory, cfg, params, permutation
 
 
 def classifier_config(cfg: BertConfig, task: glue.GlueTask) -> BertConfig:
@@ -47,9 +65,8 @@ def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer:
                          initial={"model": init_params}, eval_every_steps=config.eval.every_steps,
                          section=section)
     best = BestOnDev(task, cfg, dev_sets, config.eval.batch_size, directory / "best")
-    dummy = jax.numpy.zeros((1, 8), jax.numpy.int32)
     result = engine.train(
-        config, job, lambda rng: {"model": Bert(cfg).init(rng, dummy, dummy, dummy)["params"]},
+        config, job, lambda rng: {"model": boxed_params(cfg, rng)},
         lambda tx, schedule: make_task_step(cfg, tx, schedule, task.is_regression, temperature),
         lambda rows: train_iterator(train, stage.batch_size, config.seed, rows), evaluate=best)
     return best, result.record
