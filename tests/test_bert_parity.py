@@ -65,6 +65,22 @@ def test_forward_matches_pytorch(hf_checkpoint, size, kind):
         np.testing.assert_allclose(np.asarray(out.logits), logits.numpy(), atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("cls_name, head", [("BertForTokenClassification", dict(num_labels=5)),
+                                            ("BertForQuestionAnswering", {})])
+def test_token_and_span_heads_match_pytorch(hf_checkpoint, cls_name, head):
+    """Per-token heads read the last hidden state, no pooler: [B, T, labels] logits; span logits stack the
+    transformers model's start and end logits on the last axis."""
+    model, path = hf_checkpoint(cls_name, **head)
+    cfg, params = load_hf_bert(str(path))
+    assert not cfg.pooler and cfg.task_head == ("token" if head else "span")
+    ids, token_types, mask = padded_batch(cfg.vocab_size)
+    ref = torch_outputs(model, ids, token_types, mask)
+    out = flax_forward(cfg, params, ids, token_types, mask)
+    logits = ref.logits if head else np.stack([ref.start_logits.numpy(), ref.end_logits.numpy()], axis=-1)
+    assert out.logits.shape == (3, 9, head.get("num_labels", 2))
+    np.testing.assert_allclose(np.asarray(out.logits), np.asarray(logits), atol=TOL, rtol=0)
+
+
 def test_attention_scores_are_pre_softmax_with_additive_key_mask(hf_checkpoint):
     """Scores = Q K^T / sqrt(d) + (1 - mask) * -10000 over key columns; padded query rows stay finite."""
     model, path = hf_checkpoint("BertModel")

@@ -23,10 +23,14 @@ ROUND_TRIP = {
     "BertForPreTraining": ("BertForPreTraining", {}, "BertForMaskedLM"),
     "classifier": ("BertForSequenceClassification", dict(num_labels=3), "BertForSequenceClassification"),
     "regression": ("BertForSequenceClassification", dict(num_labels=1), "BertForSequenceClassification"),
+    "token": ("BertForTokenClassification", dict(num_labels=5), "BertForTokenClassification"),
+    "span": ("BertForQuestionAnswering", {}, "BertForQuestionAnswering"),
 }
 
 
 def main_logits(outputs):
+    if getattr(outputs, "start_logits", None) is not None:
+        return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
     for name in ("logits", "prediction_logits"):
         if getattr(outputs, name, None) is not None:
             return getattr(outputs, name)

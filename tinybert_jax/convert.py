@@ -1,7 +1,7 @@
 """Hugging Face BERT <-> Flax conversion: import teachers, export students, and the conversion CLI.
 
 Weight names: Hugging Face stores `[bert.]embeddings.*`, `[bert.]encoder.layer.{i}.*`, `[bert.]pooler.*` and the
-heads `cls.predictions.*` / `classifier.*`; our encoder layers are stacked on a leading axis, Linear weights are
+heads `cls.predictions.*` / `classifier.*` / `qa_outputs.*`; our encoder layers are stacked on a leading axis, Linear weights are
 transposed ([out, in] -> [in, out]) and LayerNorm weight/bias are scale/bias.
 """
 from __future__ import annotations
@@ -53,6 +53,11 @@ _TIED_DECODER = "cls.predictions.decoder.weight"
 _IGNORED = ((re.compile(r"^embeddings\.position_ids$"), None),
             (re.compile(r"^cls\.seq_relationship\."), "the next-sentence-prediction head"),
             (re.compile(r"^fit_denses?\."), "TinyBERT's fit_dense training projection"))
+# task head -> (Hugging Face name of its linear layer, architecture)
+_HEAD_NAMES = {"sequence": "classifier", "token": "classifier", "span": "qa_outputs"}
+_ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification",
+                  "span": "BertForQuestionAnswering"}
+_NOT_IN_HF_CONFIG = ("dtype", "param_dtype", "pooler", "mlm_head", "num_labels", "task_head")
 _REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                          "intermediate_size")
 
@@ -74,7 +79,7 @@ def weight_names(cfg: BertConfig) -> Iterator[WeightName]:
         modules += [("cls.predictions.transform.dense", ("mlm_head", "transform"), "linear", False),
                     ("cls.predictions.transform.LayerNorm", ("mlm_head", "transform_norm"), "norm", False)]
     if cfg.num_labels:
-        modules.append(("classifier", ("classifier",), "linear", False))
+        modules.append((_HEAD_NAMES[cfg.task_head], ("classifier",), "linear", False))
     for hf, path, kind, per_layer in modules:
         for hf_suffix, leaf, transpose in _KINDS[kind]:
             yield WeightName(f"{hf}.{hf_suffix}", path + (leaf,), transpose, per_layer)
@@ -83,11 +88,12 @@ def weight_names(cfg: BertConfig) -> Iterator[WeightName]:
 
 
 def _is_head(name: str) -> bool:
-    return name.startswith(("cls.", "classifier."))
+    return name.startswith(("cls.", "classifier.", "qa_outputs."))
 
 
 # ----------------------------------------------------------------------------------------------- configs
-def config_from_hf(config: dict, config_file: Path, *, pooler: bool, mlm_head: bool, num_labels: int) -> BertConfig:
+def config_from_hf(config: dict, config_file: Path, *, pooler: bool, mlm_head: bool, num_labels: int,
+                   task_head: str = "sequence") -> BertConfig:
     model_type = config.get("model_type")
     if model_type not in (None, "bert"):  # released TinyBERT configs carry no model_type
         raise InputError(f"{config_file}: model_type {model_type!r} is not a BERT; this converter reads "
@@ -98,12 +104,11 @@ def config_from_hf(config: dict, config_file: Path, *, pooler: bool, mlm_head: b
     act = config.get("hidden_act", "gelu")
     if not isinstance(act, str) or act not in ACTIVATIONS:
         raise InputError(f"{config_file}: hidden_act {act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
-    fields = {f.name for f in dataclasses.fields(BertConfig)} - {"dtype", "param_dtype", "pooler", "mlm_head",
-                                                                   "num_labels"}
+    fields = {f.name for f in dataclasses.fields(BertConfig)} - set(_NOT_IN_HF_CONFIG)
     known = {key: config[key] for key in fields if config.get(key) is not None}
     _check_field_types(known, config_file)
     try:
-        return BertConfig(**known, pooler=pooler, mlm_head=mlm_head, num_labels=num_labels)
+        return BertConfig(**known, pooler=pooler, mlm_head=mlm_head, num_labels=num_labels, task_head=task_head)
     except (TypeError, ValueError) as e:
         raise InputError(f"{config_file}: {e}") from e
 
@@ -131,21 +136,22 @@ def _check_field_types(values: dict, config_file: Path) -> None:
 
 def config_to_hf(cfg: BertConfig, id2label: Optional[dict[int, str]] = None) -> dict:
     if cfg.num_labels:
-        architecture = "BertForSequenceClassification"
+        architecture = _ARCHITECTURES[cfg.task_head]
     elif cfg.mlm_head:
         architecture = "BertForMaskedLM"
     else:
         architecture = "BertModel"
     config = {key: value for key, value in dataclasses.asdict(cfg).items()
-              if key not in ("dtype", "param_dtype", "pooler", "mlm_head", "num_labels")}
+              if key not in _NOT_IN_HF_CONFIG}
     config.update(model_type="bert", architectures=[architecture], tie_word_embeddings=True, pad_token_id=0)
-    if cfg.num_labels:
+    if cfg.num_labels and cfg.task_head != "span":  # a span head's two outputs are start and end, not labels
         id2label = id2label or {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
         if sorted(int(i) for i in id2label) != list(range(cfg.num_labels)):
             raise InputError(f"id2label keys {sorted(id2label)} must be exactly 0..{cfg.num_labels - 1}")
         config["id2label"] = {str(i): str(label) for i, label in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
         config["label2id"] = {label: int(i) for i, label in config["id2label"].items()}
-        config["problem_type"] = "regression" if cfg.num_labels == 1 else "single_label_classification"
+        if cfg.task_head == "sequence":
+            config["problem_type"] = "regression" if cfg.num_labels == 1 else "single_label_classification"
     return config
 
 
@@ -167,19 +173,24 @@ def _normalise_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def load_hf_bert(path_or_hub_id: str) -> tuple[BertConfig, dict[str, Any]]:
     """Reads a Hugging Face BERT checkpoint (directory or hub id) into (BertConfig, params of numpy arrays).
 
-    Heads are taken from the weights present: pooler, masked-LM (`cls.predictions.*`), classifier.
+    Heads are taken from the weights present: pooler, masked-LM (`cls.predictions.*`), classifier, answer span
+    (`qa_outputs.*`); a classifier is per token when config.json's architectures say ...ForTokenClassification.
     """
     ckpt_dir = hf_checkpoint.resolve_checkpoint_dir(path_or_hub_id)
     config = hf_checkpoint.read_config(ckpt_dir)
     raw, source = hf_checkpoint.read_weights(ckpt_dir)
     weights = _normalise_names(raw)
-    classifier = weights.get("classifier.weight")
+    task_head = "span" if "qa_outputs.weight" in weights else (
+        "token" if any(str(name).endswith("ForTokenClassification") for name in config.get("architectures") or ())
+        else "sequence")
+    head_weight = f"{_HEAD_NAMES[task_head]}.weight"
+    classifier = weights.get(head_weight)
     if classifier is not None and getattr(classifier, "ndim", 0) != 2:
-        raise InputError(f"{source}: weight 'classifier.weight' has shape {classifier.shape}, expected "
+        raise InputError(f"{source}: weight {head_weight!r} has shape {classifier.shape}, expected "
                          f"[num_labels, hidden_size]")
     cfg = config_from_hf(config, ckpt_dir / "config.json", pooler="pooler.dense.weight" in weights,
                          mlm_head="cls.predictions.transform.dense.weight" in weights,
-                         num_labels=0 if classifier is None else classifier.shape[0])
+                         num_labels=0 if classifier is None else classifier.shape[0], task_head=task_head)
     params = _params_from_hf(cfg, weights, source)
     _report_unused(cfg, weights, params, source)
     return cfg, params

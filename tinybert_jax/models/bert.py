@@ -29,6 +29,7 @@ ACTIVATIONS = {
     "swish": jax.nn.silu,
 }
 DTYPES = ("float32", "bfloat16", "float16")
+TASK_HEADS = ("sequence", "token", "span")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,10 @@ class BertConfig:
     pooler: bool = True  # BertModel / classifiers have one, BertForMaskedLM has none
     mlm_head: bool = False
     num_labels: int = 0  # 0: no classifier; 1: regression
+    # What the classifier reads (with num_labels > 0): "sequence" the pooled [CLS] (BertForSequenceClassification),
+    # "token" every token (BertForTokenClassification), "span" every token, num_labels=2 start/end logits
+    # (BertForQuestionAnswering).
+    task_head: str = "sequence"
     classifier_dropout: Optional[float] = None  # None: hidden_dropout_prob, as in Hugging Face
     # False: params['layers'] is a tuple of per-layer trees (see unstack_layers), for frozen models only.
     stacked_layers: bool = True
@@ -76,8 +81,12 @@ class BertConfig:
             raise ValueError(f"BertConfig.num_labels must be >= 0, got {self.num_labels}")
         if self.num_labels and self.mlm_head:
             raise ValueError("BertConfig: choose one head, mlm_head=True or num_labels > 0, not both")
-        if self.num_labels and not self.pooler:
+        if self.task_head not in TASK_HEADS:
+            raise ValueError(f"BertConfig.task_head={self.task_head!r}; use one of {TASK_HEADS}")
+        if self.num_labels and self.task_head == "sequence" and not self.pooler:
             raise ValueError("BertConfig.num_labels > 0 needs pooler=True (the classifier reads the pooled output)")
+        if self.num_labels and self.task_head == "span" and self.num_labels != 2:
+            raise ValueError(f"BertConfig: a span head has 2 outputs (start, end), got num_labels={self.num_labels}")
 
     @property
     def head_dim(self) -> int:
@@ -222,7 +231,8 @@ class MlmHead(nn.Module):
 
 
 class Bert(nn.Module):
-    """BERT encoder with optional pooler, masked-LM head and sequence classification/regression head."""
+    """BERT encoder with optional pooler, masked-LM head and a task head: sequence classification/regression,
+    token classification or answer-span (start/end) logits."""
 
     cfg: BertConfig
 
@@ -320,8 +330,12 @@ class Bert(nn.Module):
             pooled = jnp.tanh(self.pooler(hidden_states[-1][:, 0]))
         if cfg.mlm_head:
             logits = self.mlm_head(hidden_states[-1], self.embeddings.word_embeddings)
-        elif cfg.num_labels:
+        elif cfg.num_labels and cfg.task_head == "sequence":
             logits = self.classifier(self.classifier_dropout(pooled, deterministic=deterministic))
+        elif cfg.num_labels and cfg.task_head == "token":  # [batch, T, num_labels]
+            logits = self.classifier(self.classifier_dropout(hidden_states[-1], deterministic=deterministic))
+        elif cfg.num_labels:  # span: [batch, T, 2]; no dropout before it, as in BertForQuestionAnswering
+            logits = self.classifier(hidden_states[-1])
         return BertOutput(hidden_states=hidden_states, attention_scores=scores, projections=projections,
                           pooled_output=pooled, logits=logits)
 
