@@ -80,10 +80,15 @@ def task_data() -> ml_collections.ConfigDict:
     """The data.* keys of the task configs (fine-tuning and task distillation)."""
     return ml_collections.ConfigDict(dict(
         # GLUE: a TSV directory in the GLUE download layout, or "tfds" (glue/<task> prepared in tfds_data_dir);
-        # task=custom: a directory with train.{csv,tsv,jsonl} and dev.{csv,tsv,jsonl}
+        # task=custom: a directory with train.{csv,tsv,jsonl} and dev.{csv,tsv,jsonl}; squad_v1 / squad_v2: the
+        # directory of train-v1.1.json, dev-v1.1.json (v2.0) or "tfds"; conll2003: train.txt, valid.txt or "tfds"
         source="",
         tfds_data_dir="",
-        seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs (docs/data.md)
+        seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs and CoNLL, 384 for SQuAD (docs/data.md)
+        # SQuAD: a long context is cut into windows of seq_len tokens that overlap by doc_stride tokens; questions
+        # are cut to max_query_len tokens
+        doc_stride=128,
+        max_query_len=64,
         # task=custom only (docs/data.md, "Your own data"). Lists may also be one string with ',' between items:
         # ml_collections overrides no list from the command line.
         text_columns=ml_collections.FieldReference("text", field_type=object),  # one or two column names

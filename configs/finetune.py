@@ -13,7 +13,9 @@ from configs import common
 def get_config(arg=None) -> ml_collections.ConfigDict:
     smoke = common.variant(arg, "configs/finetune.py") == "smoke"
     c = common.base("finetune", keep=2)
-    c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli, or custom (your own files)
+    # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli, custom (your own files), squad_v1 | squad_v2
+    # (answer spans) or conll2003 (named entities)
+    c.task = "sst2"
     # the pre-trained BERT to fine-tune (it becomes the teacher of task distillation): HF dir or hub id
     c.teacher = ml_collections.ConfigDict(dict(path="bert-base-uncased"))
     c.data = common.task_data()

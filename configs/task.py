@@ -14,7 +14,9 @@ from configs import common
 def get_config(arg=None) -> ml_collections.ConfigDict:
     smoke = common.variant(arg, "configs/task.py") == "smoke"
     c = common.base("task", keep=2)
-    c.task = "sst2"  # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli, or custom (your own files)
+    # cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli, custom (your own files), squad_v1 | squad_v2
+    # (answer spans) or conll2003 (named entities)
+    c.task = "sst2"
     c.data = common.task_data()
     # Fine-tuned BERT classifier (configs/finetune.py export, or any HF BertForSequenceClassification dir/hub id)
     # check_score: stop at start-up when the teacher's dev score is within chance_margin of chance (a teacher that

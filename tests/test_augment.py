@@ -12,8 +12,10 @@ import transformers
 from conftest import make_hf_model
 from test_bench import run_bench
 from tinybert_jax.convert import load_hf_bert
+from tinybert_jax.data import conll, squad
 from tinybert_jax.data.augment import (Augmenter, augment_examples, is_candidate, load_augmenter, masked_lm_input,
                                        match_case, read_augmented, split_words)
+from tinybert_jax.data.augment_tasks import augment_task_examples, read_task_examples
 from tinybert_jax.data.glove import load_glove
 from tinybert_jax.errors import InputError
 
@@ -247,3 +249,60 @@ def test_augment_benchmark_at_tiny_sizes(tmp_path, capsys):
     numbers = [v for v in report.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     assert all(np.isfinite(v) and v > 0 for v in numbers)
     assert report["sentences"] == 24 and report["masked_inputs_per_sentence"] > 0
+
+
+def test_squad_augmentation_keeps_every_answer_at_its_offset(assets, tmp_path):
+    """Questions vary freely; contexts vary around their answers, whose starts follow the replaced words (GloVe
+    candidates differ in length, so they move); an unanswerable question stays unanswerable."""
+    rng = np.random.default_rng(3)
+    ids, questions, contexts, answers = [], [], [], []
+    for index in range(12):
+        before, after = (" ".join(rng.choice(MULTI + SINGLE + STOP, 5)) for _ in range(2))
+        answer = str(rng.choice(SINGLE))
+        contexts.append(f"{before} {answer} {after}.")
+        answers.append([] if index == 0 else [(answer, len(before) + 1)])
+        ids.append(f"q{index}")
+        questions.append(" ".join(rng.choice(SINGLE + STOP, 4)) + " ?")
+    examples = squad.SquadExamples(ids, questions, contexts, answers)
+    augment_task_examples("span", examples, assets.augmenter, tmp_path / "squad")
+    got = read_task_examples("span", tmp_path / "squad")
+    assert got.ids[0] == "q0" and got.answers[0] == [] and got.contexts[0] == contexts[0]
+    by_original = {}
+    for name, question, context, gold in zip(got.ids, got.questions, got.contexts, got.answers):
+        original = int(name.split("#")[0][1:])
+        by_original.setdefault(original, []).append((name, question, context, gold))
+        for text, begin in gold:
+            assert context[begin:begin + len(text)] == text
+        assert len(gold) == len(answers[original])
+        if "#q" in name:
+            assert context == contexts[original] and gold == answers[original]
+        if "#c" in name:
+            assert question == questions[original] and context != contexts[original]
+    assert set(by_original) == set(range(12))
+    moved = [gold[0][1] != answers[int(name.split("#")[0][1:])][0][1] for name, _, _, gold in
+             zip(got.ids, got.questions, got.contexts, got.answers) if "#c" in name and gold]
+    assert any(moved) and len(got) > 2 * len(examples)
+
+
+def test_tagged_augmentation_replaces_only_words_tagged_o(assets, tmp_path):
+    rng = np.random.default_rng(4)
+    words, tags = [], []
+    for _ in range(15):
+        sentence = [str(w) for w in rng.choice(SINGLE + MULTI + STOP, rng.integers(4, 9))]
+        sentence_tags = np.zeros(len(sentence), np.int32)
+        sentence_tags[rng.integers(0, len(sentence))] = conll.TAGS.index("B-PER")  # a candidate word: kept
+        words.append(sentence)
+        tags.append(sentence_tags)
+    augment_task_examples("token", conll.TaggedExamples(words, tags), assets.augmenter, tmp_path / "conll")
+    got = read_task_examples("token", tmp_path / "conll")
+    originals = {" ".join(sentence): (sentence, sentence_tags) for sentence, sentence_tags in zip(words, tags)}
+    changed = 0
+    assert len(got) > 2 * len(words)
+    for variant_words, variant_tags in zip(got.words, got.tags):
+        matches = [(sentence, sentence_tags) for sentence, sentence_tags in originals.values()
+                   if len(sentence) == len(variant_words) and all(
+                       a == b for a, b, tag in zip(sentence, variant_words, sentence_tags) if tag != 0)
+                   and np.array_equal(sentence_tags, variant_tags)]
+        assert matches, variant_words  # the same tags, every entity word in place
+        changed += " ".join(variant_words) not in originals
+    assert changed > 0

@@ -205,3 +205,24 @@ def test_custom_task_predictions_csv_beside_the_test_file(tmp_path):
     with torch.no_grad():
         expected = [config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]
     assert rows == [["row", "prediction"]] + [[str(i), label] for i, label in enumerate(expected)]
+
+
+def test_custom_pair_classification_from_tsv_fine_tune(tmp_path):
+    """A pair task read from TSV: the label is the topic of the second text (the first is filler)."""
+    rng = np.random.default_rng(2)
+    data = tmp_path / "pairs"
+    data.mkdir()
+    for split, size in (("train", 320), ("dev", 64)):
+        texts, labels = topic_rows(rng, size)
+        write_csv(data / f"{split}.tsv", ["premise", "hypothesis", "label"],
+                  [[" ".join(rng.choice(FILLER, 4)), text, label] for text, label in zip(texts, labels)], "\t")
+    pretrained = save_model(tmp_path / "pretrained", "BertForMaskedLM", vocab=VOCAB)
+    result = run_main("finetune", tmp_path / "teacher", "--config.task=custom", f"--config.data.source={data}",
+                      "--config.data.text_columns=premise,hypothesis", f"--config.teacher.path={pretrained}",
+                      "--config.data.seq_len=24", "--config.train.batch_size=32", "--config.train.num_epochs=25",
+                      "--config.optimizer.learning_rate=2e-3", "--config.eval.every_steps=50")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # chance is 1/8: the label has to be read from the second segment
+    assert json.loads((tmp_path / "teacher" / "report.json").read_text())["score"] >= 0.6
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "teacher" / "export").id2label == dict(
+        enumerate(sorted(TOPICS)))

@@ -15,7 +15,8 @@ from tinybert_jax.models.bert import BertConfig, init_params
 from tinybert_jax.distill.projection import PROJECTION_FILE
 from tinybert_jax.pipelines import task as pipeline
 from tinybert_jax.task import fingerprint
-from tinybert_jax.task.evaluate import chance_score, predict
+from tinybert_jax.task.evaluate import predict
+from tinybert_jax.task.glue_metrics import chance_score
 
 TEACHER = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                      max_position_embeddings=32, num_labels=2, pooler=True)

@@ -30,6 +30,8 @@ Augmented task data (`augment_examples`) is written as ArrayRecord shards of JSO
 one per example: each original example, then the variants of text_a paired with the original text_b, then the
 variants of text_b paired with the original text_a (the columns are augmented independently; the original code
 mutated text_a while augmenting text_b). Labels are copied. metadata.json holds the count and the settings.
+SQuAD and CoNLL records (data/augment_tasks.py) keep their labels aligned through `Augmenter.augment_variants`:
+words inside protected character ranges are never replaced, and each variant lists its replacements.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +74,7 @@ AUGMENTED_KIND = "tinybert_augmented_examples"
 RECORDS_PER_SHARD = 100_000
 
 Choice = tuple[tuple[int, int], list[str]]  # (character span of a word, its candidates)
+Edit = tuple[tuple[int, int], str]  # (character span of a replaced word, its replacement)
 
 # A contraction is one word, and not an alphabetic one, so no part of it is a candidate: its pieces ("don", "t",
 # "s" of it's) are not words, and replacing one makes non-words such as "don'x".
@@ -102,6 +105,18 @@ class AugmentStats:
     positions_without_candidates: int = 0  # not in GloVe / no GloVe / every prediction dropped
     mlm_forwards: int = 0  # device calls of the MLM forward
     variants: int = 0  # sentences produced beyond the originals
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A sentence and the word replacements that made it from the original (none for the original)."""
+    text: str
+    edits: tuple[Edit, ...] = ()  # in text order
+
+    def position(self, index: int) -> int:
+        """Where character `index` of the original, outside every replaced word, is in this variant (answer
+        offsets of SQuAD contexts follow the text around them)."""
+        return index + sum(len(new) - (stop - start) for (start, stop), new in self.edits if stop <= index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,13 +236,22 @@ class Augmenter:
         `column` and `first_index` (the dataset index of texts[0]) select the random streams, so augmenting a
         dataset in pieces gives what one call on all of it gives.
         """
-        return self._augment(texts, column, first_index, progress, stats, self.batch_size)
+        return [[variant.text for variant in variants]
+                for variants in self._augment(texts, column, first_index, progress, stats, self.batch_size)]
+
+    def augment_variants(self, texts: list[str], column: int = 0, first_index: int = 0,
+                         stats: Optional[AugmentStats] = None,
+                         keep: Optional[list[list[tuple[int, int]]]] = None) -> list[list[Variant]]:
+        """As `augment`, with each variant's replacements; no word overlapping keep[i]'s character ranges is
+        replaced in texts[i] (entities of a tagged sentence, the answer in a SQuAD context)."""
+        return self._augment(texts, column, first_index, False, stats, self.batch_size, keep)
 
     def augment_one_mask_per_forward(self, texts: list[str], column: int = 0, first_index: int = 0,
                                      progress: bool = True, stats: Optional[AugmentStats] = None) -> list[list[str]]:
         """The same algorithm and output as `augment`, one masked input and one GloVe query per device call, as
         the original runs it: the reference the benchmark and tests compare `augment` with."""
-        return self._augment(texts, column, first_index, progress, stats, 1)
+        return [[variant.text for variant in variants]
+                for variants in self._augment(texts, column, first_index, progress, stats, 1)]
 
     def warm_up(self, texts: list[str]) -> None:
         """Compiles every shape that augmenting `texts` needs, batched and one at a time."""
@@ -241,9 +265,10 @@ class Augmenter:
 
     # ----------------------------------------------------------------------------------------- pipeline
     def _augment(self, texts: list[str], column: int, first_index: int, progress: bool,
-                 stats: Optional[AugmentStats], rows: int) -> list[list[str]]:
+                 stats: Optional[AugmentStats], rows: int,
+                 keep: Optional[list[list[tuple[int, int]]]] = None) -> list[list[Variant]]:
         stats = AugmentStats() if stats is None else stats
-        out: list[list[str]] = []
+        out: list[list[Variant]] = []
         with tqdm(total=len(texts), desc="augment", unit="sentence", disable=not progress, smoothing=0.1) as bar:
             for start in range(0, len(texts), CHUNK_SENTENCES):
                 chunk = texts[start:start + CHUNK_SENTENCES]
@@ -251,7 +276,10 @@ class Augmenter:
                 choices = dict(zip(distinct, self._choices(distinct, rows, stats)))
                 for offset, text in enumerate(chunk):
                     rng = np.random.default_rng((self.seed, column, first_index + start + offset))
-                    out.append(sample_variants(text, choices[text], self.n_a, self.p_t, rng))
+                    kept = keep[start + offset] if keep is not None else ()
+                    allowed = [choice for choice in choices[text]
+                               if not any(choice[0][0] < end and begin < choice[0][1] for begin, end in kept)]
+                    out.append(sample_variants(text, allowed, self.n_a, self.p_t, rng))
                     stats.variants += len(out[-1]) - 1
                 stats.sentences += len(chunk)
                 bar.update(len(chunk))
@@ -349,25 +377,26 @@ def _pad_batch(inputs: list[MaskedInput], rows: int, length: int, pad_id: int) -
 
 
 def sample_variants(text: str, choices: list[Choice], n_a: int, p_t: float,
-                    rng: np.random.Generator) -> list[str]:
+                    rng: np.random.Generator) -> list[Variant]:
     """[text, distinct variants]: n_a trials replacing each word of `choices` with probability p_t by a uniformly
     drawn candidate of its list (step 4 of the module docstring)."""
-    variants = [text]
+    variants = [Variant(text)]
     if not choices or n_a == 0:
         return variants
     replace = rng.random((n_a, len(choices))) < p_t
     picks = rng.integers(0, [len(candidates) for _, candidates in choices], size=(n_a, len(choices)))
     seen = {text}
     for trial in range(n_a):
-        parts, end = [], 0
+        parts, end, edits = [], 0, []
         for j in np.flatnonzero(replace[trial]):
             (start, stop), candidates = choices[j]
-            parts += [text[end:start], candidates[picks[trial, j]]]
+            edits.append(((start, stop), candidates[picks[trial, j]]))
+            parts += [text[end:start], edits[-1][1]]
             end = stop
         variant = "".join(parts) + text[end:]
         if variant not in seen:
             seen.add(variant)
-            variants.append(variant)
+            variants.append(Variant(variant, tuple(edits)))
     return variants
 
 
@@ -401,27 +430,40 @@ def augment_examples(examples, augmenter: Augmenter, out_dir: str | Path, overwr
     if (text_b is not None and len(text_b) != len(text_a)) or len(labels) != len(text_a):
         raise InputError(f"examples have {len(text_a)} text_a, {'no' if text_b is None else len(text_b)} text_b "
                          f"and {len(labels)} labels; every column needs one entry per example")
+
+    def chunk_records(start: int, stop: int, stats: AugmentStats) -> Iterable[dict]:
+        a_variants = augmenter.augment(text_a[start:stop], 0, start, progress=False, stats=stats)
+        b_variants = (augmenter.augment(list(text_b[start:stop]), 1, start, progress=False, stats=stats)
+                      if text_b is not None else [None] * len(a_variants))
+        for offset, (a, b) in enumerate(zip(a_variants, b_variants)):
+            yield from _example_records(a, b, labels[start + offset].item())
+
+    return write_augmented(out_dir, len(text_a), chunk_records, augmenter, overwrite, records_per_shard,
+                           pair=text_b is not None, label_dtype=labels.dtype.str)
+
+
+def write_augmented(out_dir: str | Path, count: int, chunk_records: Callable[[int, int, AugmentStats],
+                                                                             Iterable[dict]],
+                    augmenter: Augmenter, overwrite: bool = False, records_per_shard: int = RECORDS_PER_SHARD,
+                    **fields) -> dict[str, Any]:
+    """Writes the JSON records that chunk_records(start, stop, stats) makes of examples [start, stop), for
+    CHUNK_SENTENCES examples at a time, and metadata.json (with `fields`) into `out_dir` in one atomic rename."""
     stats = AugmentStats()
-    count = 0
+    written = 0
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         with ShardWriter(tmp, records_per_shard) as writer, \
-                tqdm(total=len(text_a), desc="augment", unit="example", smoothing=0.1) as bar:
-            for start in range(0, len(text_a), CHUNK_SENTENCES):
-                stop = start + CHUNK_SENTENCES
-                a_variants = augmenter.augment(text_a[start:stop], 0, start, progress=False, stats=stats)
-                b_variants = (augmenter.augment(list(text_b[start:stop]), 1, start, progress=False, stats=stats)
-                              if text_b is not None else [None] * len(a_variants))
-                for offset, (a, b) in enumerate(zip(a_variants, b_variants)):
-                    for record in _example_records(a, b, labels[start + offset].item()):
-                        writer.write(json.dumps(record).encode())
-                        count += 1
-                bar.update(len(a_variants))
-                bar.set_postfix_str(f"{count} examples", refresh=False)
-        metadata = {"kind": AUGMENTED_KIND, "count": count, "original_count": len(text_a),
-                    "pair": text_b is not None, "label_dtype": labels.dtype.str, "shards": writer.shards,
-                    "settings": augmenter.settings(), "stats": dataclasses.asdict(stats)}
+                tqdm(total=count, desc="augment", unit="example", smoothing=0.1) as bar:
+            for start in range(0, count, CHUNK_SENTENCES):
+                stop = min(start + CHUNK_SENTENCES, count)
+                for record in chunk_records(start, stop, stats):
+                    writer.write(json.dumps(record).encode())
+                    written += 1
+                bar.update(stop - start)
+                bar.set_postfix_str(f"{written} examples", refresh=False)
+        metadata = {"kind": AUGMENTED_KIND, "count": written, "original_count": count, **fields,
+                    "shards": writer.shards, "settings": augmenter.settings(), "stats": dataclasses.asdict(stats)}
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    log.info("augmented %d examples into %d (%s) at %s", len(text_a), count, dataclasses.asdict(stats), out_dir)
+    log.info("augmented %d examples into %d (%s) at %s", count, written, dataclasses.asdict(stats), out_dir)
     return metadata
 
 
@@ -430,6 +472,18 @@ def read_augmented(augmented_dir: str | Path) -> tuple[list[str], Optional[list[
 
     Damage (metadata.json, a shard, a record) is an InputError naming the file; the directory is never deleted.
     """
+    metadata, records = read_records(augmented_dir, lambda example: (example["text_a"], example["text_b"],
+                                                                     example["label"]))
+    if not isinstance(metadata.get("pair"), bool) or not isinstance(metadata.get("label_dtype"), str):
+        raise InputError(f"{Path(augmented_dir) / METADATA_FILE}: needs 'pair' (true/false) and 'label_dtype'; "
+                         f"delete {augmented_dir} to augment again")
+    text_a, text_b, labels = (list(column) for column in zip(*records)) if records else ([], [], [])
+    return text_a, text_b if metadata["pair"] else None, np.asarray(labels, dtype=np.dtype(metadata["label_dtype"]))
+
+
+def read_records(augmented_dir: str | Path, convert: Callable[[dict], Any]) -> tuple[dict, list]:
+    """(metadata, [convert(record) for every record]) of a directory `write_augmented` wrote; a record that
+    `convert` cannot read (a missing key, a wrong type) is damage too."""
     augmented_dir = Path(augmented_dir)
     path = augmented_dir / METADATA_FILE
     again = f"delete {augmented_dir} to augment again"
@@ -441,17 +495,12 @@ def read_augmented(augmented_dir: str | Path) -> tuple[list[str], Optional[list[
         raise InputError(f"{e}; {again}") from None
     if not isinstance(metadata, dict) or metadata.get("kind") != AUGMENTED_KIND:
         raise InputError(f"{path}: not the metadata of augmented task data (kind {AUGMENTED_KIND!r}); {again}")
-    if not isinstance(metadata.get("pair"), bool) or not isinstance(metadata.get("label_dtype"), str):
-        raise InputError(f"{path}: needs 'pair' (true/false) and 'label_dtype'; {again}")
     names, count = shards.checked_listing(metadata, path, again)
     shards.check_shards(path, names, count, again)
-    text_a, text_b, labels = [], [], []
+    records = []
     for name in names:
         try:
-            for example in map(json.loads, shards.read_all(augmented_dir / name)):
-                text_a.append(example["text_a"])
-                text_b.append(example["text_b"])
-                labels.append(example["label"])
+            records += [convert(json.loads(record)) for record in shards.read_all(augmented_dir / name)]
         except (RuntimeError, ValueError, KeyError, TypeError) as e:  # Riegeli checksum, JSON, record layout
             raise InputError(f"{augmented_dir / name}: damaged record ({shards.reason(e)}); {again}") from None
-    return text_a, text_b if metadata["pair"] else None, np.asarray(labels, dtype=np.dtype(metadata["label_dtype"]))
+    return metadata, records

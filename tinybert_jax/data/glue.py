@@ -65,6 +65,7 @@ class GlueTask:
     headerless_columns: tuple[str, ...] = ()  # column names of TSV files without a header row (CoLA)
     # (unlabelled test split, the GLUE leaderboard's file name for its predictions)
     leaderboard: tuple[tuple[str, str], ...] = ()
+    head: str = "sequence"  # the model's task head (BertConfig.task_head): sequence, token (NER) or span (QA)
 
     @property
     def is_regression(self) -> bool:

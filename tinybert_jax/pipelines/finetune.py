@@ -1,5 +1,6 @@
-"""The `finetune` pipeline: fine-tune a pre-trained BERT on a GLUE task (the teacher of task distillation) and
-export the best-on-dev model as a Hugging Face BertForSequenceClassification directory with its label names."""
+"""The `finetune` pipeline: fine-tune a pre-trained BERT on a task (the teacher of task distillation) and export
+the best-on-dev model as a Hugging Face directory with its label names: BertForSequenceClassification (GLUE, your
+own data), BertForTokenClassification (CoNLL-2003) or BertForQuestionAnswering (SQuAD)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +8,11 @@ from pathlib import Path
 import ml_collections
 
 from tinybert_jax import convert, hf_checkpoint, report
-from tinybert_jax.data import glue, tasks
+from tinybert_jax.data import tasks
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.spec import compute_dtype
 from tinybert_jax.task import classifier
-from tinybert_jax.task.data import load_dev_sets, seq_len_for
+from tinybert_jax.task.data import encode_train, load_dev_sets, seq_len_for
 from tinybert_jax.task.evaluate import main_score
 
 
@@ -23,11 +24,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     cfg = classifier.classifier_config(pretrained_cfg, task).replace(dtype=compute_dtype(config))
     tokenizer = load_tokenizer(str(model_dir))
     seq_len = seq_len_for(task, config.data.seq_len)
-    train = glue.encode(tasks.read_split(task, config.data, "train"), tokenizer, seq_len)
+    train = encode_train(task, tasks.read_split(task, config.data, "train"), tokenizer, seq_len, config.data)
     dev_sets = load_dev_sets(task, config.data, tokenizer, seq_len)
 
     best, record = classifier.train_classifier(config, "train", config.optimizer, cfg, task, train, dev_sets,
-                                               classifier.encoder_params(pretrained), workdir,
+                                               classifier.encoder_params(pretrained, cfg), workdir,
                                                desc=f"fine-tune {task.name}")
     export_dir = workdir / "export"
     classifier.export_classifier(best, task, export_dir, model_dir)
@@ -39,4 +40,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         (f"  {split} {name}", f"{value:.4f}") for split, metrics in best.best["scores"].items()
         for name, value in metrics.items()] + [
         ("export", str(export_dir)), ("report", str(workdir / "report.json")),
-        ("load with", report.load_line(export_dir, "AutoModelForSequenceClassification"))])
+        ("load with", report.load_line(export_dir, classifier.AUTO_CLASSES[task.head]))])

@@ -23,6 +23,9 @@ from tinybert_jax.task.evaluate import predict
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     task = tasks.get_task(config)
+    if task.head != "sequence":
+        raise InputError(f"task={task.name}: predict writes GLUE leaderboard files and custom-task predictions; "
+                         f"use the exported {classifier.AUTO_CLASSES[task.head]} with transformers for {task.name}")
     model_dir, cfg, params, permutation = classifier.load_classifier(config.model.path, "model.path", task)
     cfg = cfg.replace(dtype=compute_dtype(config))
     tokenizer, seq_len = load_tokenizer(str(model_dir)), seq_len_for(task, config.data.seq_len)

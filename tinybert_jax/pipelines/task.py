@@ -5,7 +5,8 @@ by stage.
   augment  -> WORKDIR/augmented   TinyBERT data augmentation of the training set (skipped when augment.enabled=False)
   stage 1  -> WORKDIR/stage1      intermediate layers (embedding, attention, hidden) on the (augmented) data
   stage 2  -> WORKDIR/stage2      prediction layer: soft cross-entropy to the teacher's logits, computed once
-  export   -> WORKDIR/export      best-on-dev student as a Hugging Face BertForSequenceClassification
+  export   -> WORKDIR/export      best-on-dev student as a Hugging Face BertFor{Sequence,Token}Classification or
+                                  BertForQuestionAnswering
   report   -> WORKDIR/report.json teacher and student dev scores, retention
 A stage whose output exists is skipped on re-run; a stage interrupted half-way resumes from its checkpoint.
 Each output carries a fingerprint of what produced it (task.fingerprint): caches made from other inputs are made
@@ -21,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from tinybert_jax import convert, distributed, report, sharding
-from tinybert_jax.data import augment, custom, glue, tasks
+from tinybert_jax.data import augment, augment_tasks, custom, glue, tasks
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.projection import load_projection
 from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, init_trainable, run_meta, \
@@ -30,8 +31,8 @@ from tinybert_jax.distill.step import DistillSpec, make_distill_step
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, abstract_params
 from tinybert_jax.task import classifier, fingerprint
-from tinybert_jax.task.data import Arrays, count, load_dev_sets, seq_len_for, train_iterator
-from tinybert_jax.task.evaluate import chance_score, evaluate, main_score, predict
+from tinybert_jax.task.data import Arrays, DevSet, count, encode_train, load_dev_sets, seq_len_for, train_iterator
+from tinybert_jax.task.evaluate import evaluate, main_score, predict
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
 
@@ -94,20 +95,21 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     tokenizer = load_tokenizer(str(teacher_dir))
     seq_len = seq_len_for(task, config.data.seq_len)
     dev_sets = load_dev_sets(task, config.data, tokenizer, seq_len)
-    teacher_scores = evaluate(task, teacher_cfg, teacher_params, dev_sets, config.eval.batch_size, permutation)
+    teacher_scores = evaluate(teacher_cfg, teacher_params, dev_sets, config.eval.batch_size, permutation)
     check_teacher(config, task, teacher_scores, dev_sets)
 
     original = tasks.read_split(task, config.data, "train")
-    prints = fingerprint.task_fingerprints(config, task.name, original, seq_len, teacher_params, permutation,
+    prints = fingerprint.task_fingerprints(config, task, original, seq_len, teacher_params, permutation,
                                            student_params, projection)
     check_stage(workdir / "stage1", prints["stage1"], "stage 1")  # before hours of augmentation
     stage1_plan = None
     if not (workdir / "stage1" / "student" / "bert_config.json").is_file():
-        initial = {"student": classifier.encoder_params(student_params),
+        initial = {"student": classifier.encoder_params(student_params, student_cfg),
                    **({"projection": projection} if projection is not None else {})}
         stage1_plan = plan_stage1(config, task, teacher_cfg, teacher_params, student_cfg, seq_len, initial, workdir,
                                   prints["stage1"])
-    train = glue.encode(training_examples(config, original, prints["augmented"], workdir), tokenizer, seq_len)
+    train = encode_train(task, training_examples(config, task, original, prints["augmented"], workdir), tokenizer,
+                         seq_len, config.data)
     logging.info("%s: %d training examples%s", task.name, count(train),
                  " (augmented)" if config.augment.enabled else "")
 
@@ -122,7 +124,8 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     seeds = seed_list(config)
     stage2_dirs = {seed: workdir / "stage2" / (f"seed_{seed}" if config.seeds else "") for seed in seeds}
     if not (export_dir / "config.json").is_file():
-        init = {**stage1_params, **({"pooler": student_params["pooler"]} if "pooler" in student_params else {})}
+        init = {**stage1_params, **({"pooler": student_params["pooler"]}
+                                    if "pooler" in student_params and classifier_cfg.pooler else {})}
         train["teacher_logits"] = teacher_logits(teacher_cfg, teacher_params, permutation, train,
                                                  config.eval.batch_size, prints["teacher_logits"], workdir)
         keepers = {}
@@ -139,7 +142,7 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
                    for seed, directory in stage2_dirs.items()}
     best_seed = max(seed_scores, key=seed_scores.get)
     _, best_params = convert.load_flax_dir(stage2_dirs[best_seed] / "best" / "params")
-    student_scores = evaluate(task, classifier_cfg, best_params, dev_sets, config.eval.batch_size)
+    student_scores = evaluate(classifier_cfg, best_params, dev_sets, config.eval.batch_size)
     teacher_score, student_score = main_score(task, teacher_scores), main_score(task, student_scores)
     retention = 100.0 * student_score / teacher_score if teacher_score else float("nan")
     seeds_report, seed_rows = seed_summary(seed_scores) if config.seeds else ({}, [])
@@ -154,14 +157,15 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     rows += [(f"student {split} {name}", f"{value:.4f}") for split, metrics in student_scores.items()
              for name, value in metrics.items()]
     rows += [("export", str(export_dir)), ("report", str(workdir / "report.json")),
-             ("load with", report.load_line(export_dir, "AutoModelForSequenceClassification"))]
+             ("load with", report.load_line(export_dir, classifier.AUTO_CLASSES[task.head]))]
     report.print_table(f"task distillation ({task.name})", rows)
 
 
-def check_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask, scores: dict, dev_sets: dict) -> None:
+def check_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask, scores: dict,
+                  dev_sets: dict[str, DevSet]) -> None:
     """Stops before hours of augmentation and training when the teacher's dev score is no better than chance."""
     split = task.dev_splits[0]
-    score, chance = main_score(task, scores), chance_score(task, dev_sets[split]["labels"])
+    score, chance = main_score(task, scores), dev_sets[split].chance
     logging.info("teacher: %s %s = %.4f (chance %.4f)", split, task.main_metric, score, chance)
     if config.teacher.check_score and score < chance + config.teacher.chance_margin:
         raise InputError(
@@ -185,8 +189,8 @@ def load_student(config: ml_collections.ConfigDict, teacher: BertConfig) -> tupl
     return cfg.replace(pooler=False, mlm_head=False, num_labels=0), params, projection
 
 
-def training_examples(config: ml_collections.ConfigDict, train: glue.TaskExamples, augment_fingerprint: dict,
-                      workdir: Path) -> glue.TaskExamples:
+def training_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, train, augment_fingerprint: dict,
+                      workdir: Path):
     """The training set, augmented when augment.enabled (made once; made again when its fingerprint differs)."""
     if not config.augment.enabled:
         return train
@@ -200,11 +204,11 @@ def training_examples(config: ml_collections.ConfigDict, train: glue.TaskExample
         augmenter = augment.load_augmenter(settings.mlm_path, settings.glove_path or None, k=settings.k,
                                            p_t=settings.p_t, n_a=settings.n_a, seed=config.seed,
                                            batch_size=settings.batch_size, max_seq_len=settings.max_seq_len)
-        augment.augment_examples(train, augmenter, out_dir, overwrite=True)
+        augment_tasks.augment_task_examples(task.head, train, augmenter, out_dir)
         fingerprint.write(stored, augment_fingerprint)  # after the data: a crash in between means augment again
 
     distributed.leader_first("augment", augment_once)
-    return glue.TaskExamples(*augment.read_augmented(out_dir))
+    return augment_tasks.read_task_examples(task.head, out_dir)
 
 
 def check_stage(directory: Path, stage_fingerprint: dict, what: str) -> None:

@@ -1,5 +1,6 @@
-"""A sequence classifier (or regressor) on the engine: its config from an encoder's, training with dev evaluation
-and best-on-dev keeping, and the Hugging Face export; fine-tuning and task stage 2 both run it."""
+"""A task model on the engine: a sequence classifier (or regressor), a token classifier or an answer-span model,
+its config from an encoder's, training with dev evaluation and best-on-dev keeping, and the Hugging Face export;
+fine-tuning and task stage 2 both run it."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,11 +15,17 @@ from tinybert_jax import convert, distributed, hf_checkpoint
 from tinybert_jax.data import glue
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, boxed_params
-from tinybert_jax.task.data import Arrays, count, train_iterator
+from tinybert_jax.task.data import Arrays, DevSet, count, train_iterator
 from tinybert_jax.task.evaluate import BestOnDev
 from tinybert_jax.task.steps import make_task_step
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
+
+# the transformers class that loads an export, per task head
+AUTO_CLASSES = {"sequence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification",
+                "span": "AutoModelForQuestionAnswering"}
+_HEAD_NAMES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification",
+               "span": "BertForQuestionAnswering"}
 
 
 def load_classifier(path: str, key: str, task: glue.GlueTask, hint: str = "") -> tuple[Path, BertConfig, dict,
@@ -28,9 +35,14 @@ def load_classifier(path: str, key: str, task: glue.GlueTask, hint: str = "") ->
     id2label names other labels."""
     directory = hf_checkpoint.resolve_checkpoint_dir(path)
     cfg, params = convert.load_hf_bert(str(directory))
+    if cfg.num_labels and cfg.task_head != task.head:
+        raise InputError(f"{key}={path}: a {_HEAD_NAMES[cfg.task_head]}, but {task.name} needs a "
+                         f"{_HEAD_NAMES[task.head]}{hint}")
     if cfg.num_labels != task.num_labels:
         raise InputError(f"{key}={path}: a classifier with {cfg.num_labels} output(s) (0 = no classifier head), but "
                          f"{task.name} needs {task.num_labels}{hint}")
+    if task.head == "span":  # start and end, never reordered
+        return directory, cfg, params, None
     try:
         permutation = glue.label_permutation(task, hf_checkpoint.read_config(directory).get("id2label"))
     except InputError as e:
@@ -39,12 +51,16 @@ def load_classifier(path: str, key: str, task: glue.GlueTask, hint: str = "") ->
 
 
 def classifier_config(cfg: BertConfig, task: glue.GlueTask) -> BertConfig:
-    return cfg.replace(pooler=True, mlm_head=False, num_labels=task.num_labels, stacked_layers=True)
+    """The task model on encoder `cfg`: a pooler only under a sequence head (the per-token heads read the last
+    hidden state, and transformers' token and span classes have none)."""
+    return cfg.replace(pooler=task.head == "sequence", mlm_head=False, num_labels=task.num_labels,
+                       task_head=task.head, stacked_layers=True)
 
 
-def encoder_params(params: dict) -> dict:
-    """What carries over into a classifier: embeddings, layers and (when present) the pooler."""
-    return {key: value for key, value in params.items() if key in ("embeddings", "layers", "pooler")}
+def encoder_params(params: dict, cfg: BertConfig) -> dict:
+    """What carries over into the task model `cfg`: embeddings, layers and (when both have one) the pooler."""
+    wanted = ("embeddings", "layers") + (("pooler",) if cfg.pooler else ())
+    return {key: value for key, value in params.items() if key in wanted}
 
 
 def label_names(task: glue.GlueTask) -> dict[int, str]:
@@ -52,7 +68,7 @@ def label_names(task: glue.GlueTask) -> dict[int, str]:
 
 
 def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer: ml_collections.ConfigDict,
-                     cfg: BertConfig, task: glue.GlueTask, train: Arrays, dev_sets: dict[str, Arrays],
+                     cfg: BertConfig, task: glue.GlueTask, train: Arrays, dev_sets: dict[str, DevSet],
                      init_params: dict, directory: Path, desc: str,
                      temperature: Optional[float] = None) -> tuple[BestOnDev, LoopRecord]:
     """Trains on gold labels, or on the teacher's logits in train['teacher_logits'] when `temperature` is given,

@@ -1,4 +1,4 @@
-"""Dev-set evaluation: batched predictions, GLUE metrics, and keeping the best-on-dev parameters."""
+"""Dev-set evaluation: batched predictions, each dev set's metric, and keeping the best-on-dev parameters."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,8 @@ from absl import logging
 
 from tinybert_jax import convert, distributed, sharding
 from tinybert_jax.data.glue import GlueTask
-from tinybert_jax.task.glue_metrics import task_metrics
 from tinybert_jax.models.bert import BertConfig
-from tinybert_jax.task.data import Arrays, eval_batches
+from tinybert_jax.task.data import Arrays, DevSet, eval_batches
 from tinybert_jax.task.steps import classifier_logits
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -21,19 +20,20 @@ INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 def predict(cfg: BertConfig, params: Any, arrays: Arrays, batch_size: int,
             permutation: Optional[np.ndarray] = None) -> np.ndarray:
-    """float32 logits [N, num_labels], columns in the task's canonical label order when `permutation` is given."""
+    """float32 logits [N, num_labels] ([N, T, num_labels] for token and span heads), the labels in the task's
+    canonical order when `permutation` is given."""
     logits_fn = jax.jit(classifier_logits(cfg))
     inputs = {name: arrays[name] for name in INPUTS}
     logits = np.concatenate([sharding.host_copy(logits_fn(params, batch))[:rows]
                              for batch, rows in eval_batches(inputs, batch_size)])
-    return logits if permutation is None else logits[:, permutation]
+    return logits if permutation is None else logits[..., permutation]
 
 
-def evaluate(task: GlueTask, cfg: BertConfig, params: Any, dev_sets: dict[str, Arrays], batch_size: int,
+def evaluate(cfg: BertConfig, params: Any, dev_sets: dict[str, DevSet], batch_size: int,
              permutation: Optional[np.ndarray] = None) -> dict[str, dict[str, float]]:
     """{dev split: {metric: value}} for every dev split of the task."""
-    return {split: task_metrics(task, predict(cfg, params, arrays, batch_size, permutation), arrays["labels"])
-            for split, arrays in dev_sets.items()}
+    return {split: dev.metrics(predict(cfg, params, dev.arrays, batch_size, permutation))
+            for split, dev in dev_sets.items()}
 
 
 def main_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
@@ -41,20 +41,11 @@ def main_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
     return scores[task.dev_splits[0]][task.main_metric]
 
 
-def chance_score(task: GlueTask, labels: np.ndarray) -> float:
-    """The best main-metric score of a model that ignores its input: the best constant class (accuracy: the
-    majority class's share, at least 1/num_labels; F1: everything positive; Matthews: 0), or 0 correlation."""
-    if task.is_regression:
-        return 0.0
-    constant_logits = np.eye(task.num_labels, dtype=np.float32)[:, None, :].repeat(len(labels), axis=1)
-    return max(task_metrics(task, logits, labels)[task.main_metric] for logits in constant_logits)
-
-
 class BestOnDev:
     """Evaluates during training and keeps the parameters that score best on dev (a Flax checkpoint dir), with a
     best.json beside them; a resumed run continues from the recorded best score."""
 
-    def __init__(self, task: GlueTask, cfg: BertConfig, dev_sets: dict[str, Arrays], batch_size: int,
+    def __init__(self, task: GlueTask, cfg: BertConfig, dev_sets: dict[str, DevSet], batch_size: int,
                  directory: Path, params_key: str = "model"):
         self.task, self.cfg, self.dev_sets, self.batch_size = task, cfg, dev_sets, batch_size
         self.directory, self.params_key = Path(directory), params_key
@@ -63,7 +54,7 @@ class BestOnDev:
 
     def __call__(self, state: Any, step: int) -> dict[str, float]:
         params = state.params[self.params_key]
-        scores = evaluate(self.task, self.cfg, params, self.dev_sets, self.batch_size)
+        scores = evaluate(self.cfg, params, self.dev_sets, self.batch_size)
         score = main_score(self.task, scores)
         if self.best is None or score > self.best["score"]:  # the same decision on every process
             self.best = {"step": step, "score": score, "scores": scores}

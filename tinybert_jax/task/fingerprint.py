@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from tinybert_jax.data import conll, squad
 from tinybert_jax.distill.matches import match_entries
 from tinybert_jax.files import read_json
 
@@ -35,6 +36,16 @@ def digest_texts(*columns: Optional[Iterable[str]]) -> str:
     for column in columns:
         sha.update(b"\x1e" if column is None else "\x1f".join(column).encode())
     return sha.hexdigest()[:16]
+
+
+def digest_examples(examples) -> str:
+    """Texts and labels of a split, whatever its task type."""
+    if isinstance(examples, squad.SquadExamples):
+        answers = ["\x1d".join(f"{text}\x1c{start}" for text, start in answer) for answer in examples.answers]
+        return digest_texts(examples.ids, examples.questions, examples.contexts, answers)
+    if isinstance(examples, conll.TaggedExamples):
+        return digest_texts(["\x1c".join(words) for words in examples.words]) + digest_arrays(np.concatenate(examples.tags))
+    return digest_texts(examples.text_a, examples.text_b) + digest_arrays(examples.labels)
 
 
 def first_difference(saved: dict, current: dict) -> Optional[str]:
@@ -71,13 +82,13 @@ def write(path: Path, fingerprint: dict) -> None:
     tmp.replace(path)
 
 
-def task_fingerprints(config, task_name: str, train, seq_len: int, teacher_params: Any, permutation,
+def task_fingerprints(config, task, train, seq_len: int, teacher_params: Any, permutation,
                       student_params: Any, projection: Any) -> dict[str, dict]:
     """What each cached output of the task pipeline depends on (README, "Task-specific distillation": caches and
     fingerprints): the augmented data, stage 1 and the teacher's logits. `train` is the original training set."""
-    data = {"task": task_name, "data.source": str(config.data.source),
+    data = {"task": task.name, "data.source": str(config.data.source),
             "data.tfds_data_dir": config.data.tfds_data_dir, "train.examples": len(train),
-            "train.digest": digest_texts(train.text_a, train.text_b) + digest_arrays(train.labels)}
+            "train.digest": digest_examples(train)}
     augmented = {**data, "seed": config.seed, "augment.enabled": config.augment.enabled}
     if config.augment.enabled:
         augmented.update({f"augment.{key}": config.augment[key]
@@ -87,6 +98,8 @@ def task_fingerprints(config, task_name: str, train, seq_len: int, teacher_param
     teacher = {"teacher.path": str(config.teacher.path), "teacher.weights": digest_arrays(teacher_params),
                "teacher.label_permutation": None if permutation is None else permutation.tolist(),
                "data.seq_len": seq_len}
+    if task.head == "span":  # how contexts are cut into windows
+        teacher.update({"data.doc_stride": config.data.doc_stride, "data.max_query_len": config.data.max_query_len})
     stage1 = {**augmented, **teacher, "student.init": str(config.student.init),
               "student.weights": digest_arrays(student_params),
               "projection.weights": None if projection is None else digest_arrays(projection),

@@ -95,3 +95,12 @@ def task_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) ->
                              f"[{count}, {task.num_labels}]")
         predictions, functions = np.argmax(predictions, axis=-1), _CLASSIFICATION
     return {name: functions[name](predictions, labels) for name in task.metrics}
+
+
+def chance_score(task: GlueTask, labels: np.ndarray) -> float:
+    """The best main-metric score of a model that ignores its input: the best constant class (accuracy: the
+    majority class's share, at least 1/num_labels; F1: everything positive; Matthews: 0), or 0 correlation."""
+    if task.is_regression:
+        return 0.0
+    constant_logits = np.eye(task.num_labels, dtype=np.float32)[:, None, :].repeat(len(labels), axis=1)
+    return max(task_metrics(task, logits, labels)[task.main_metric] for logits in constant_logits)
