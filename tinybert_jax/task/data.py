@@ -107,7 +107,9 @@ def dev_set(task: glue.GlueTask, examples, tokenizer, seq_len: int, data: ml_col
                                                            arrays["example_index"], examples.contexts)
             return span_metrics.squad_scores(answers, null_margin, golds, with_no_answer=task.name == "squad_v2")
 
-        return DevSet(arrays, span_scores, chance=0.0)
+        # v2.0: answering nothing everywhere scores the share of unanswerable questions
+        no_answer_share = float(np.mean([not gold for gold in golds])) if task.name == "squad_v2" else 0.0
+        return DevSet(arrays, span_scores, chance=no_answer_share)
     if task.head == "token":  # entity F1 over every word; words cut off by seq_len count as predicted O
         arrays = conll.encode(examples, tokenizer, seq_len)
         gold = [[task.labels[tag] for tag in tags] for tags in examples.tags]
