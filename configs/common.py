@@ -85,6 +85,9 @@ def task_data() -> ml_collections.ConfigDict:
         source="",
         tfds_data_dir="",
         seq_len=0,  # 0: 64 for single-sentence tasks, 128 for pairs and CoNLL, 384 for SQuAD (docs/data.md)
+        # padded lengths of batches (README, "Length buckets"): auto (multiples of 8, at most 16 lengths), a step
+        # (16), the lengths ("16,32,64" or a list), or "" (every batch padded to seq_len)
+        buckets=ml_collections.FieldReference("auto", field_type=object),
         # SQuAD: a long context is cut into windows of seq_len tokens that overlap by doc_stride tokens; questions
         # are cut to max_query_len tokens
         doc_stride=128,

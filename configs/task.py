@@ -40,6 +40,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         k=15, p_t=0.4, n_a=20,  # candidates per word, replacement probability, variants per sentence
         batch_size=64,  # masked variants per MLM forward
         max_seq_len=128,  # MLM input [CLS] masked [SEP] original [SEP]; at most the MLM's max positions
+        # examples per saved part: an interrupted augmentation resumes after the last saved part; every process
+        # augments its share of the parts, each on all of its devices
+        save_every=1024,
     ))
     # The stages differ in optimizer: stage 1 intermediate layers at a constant LR (paper: 20 epochs; the released
     # scripts use 10); stage 2 the prediction layer, LR in {1e-5, 2e-5, 3e-5}, 10% warm-up + linear decay.

@@ -1,7 +1,10 @@
 """TinyBERT data augmentation: determinism, where replacements come from, rate, task files, errors, benchmark."""
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -176,7 +179,7 @@ def test_pair_task_round_trip_keeps_labels_and_the_other_column(assets, tmp_path
     text_a, text_b = assets.sentences[:12], assets.sentences[12:24]
     labels = np.arange(12) % 3
     examples = types.SimpleNamespace(text_a=text_a, text_b=text_b, labels=labels)
-    metadata = augment_examples(examples, assets.augmenter, tmp_path / "pairs", records_per_shard=50)
+    metadata = augment_examples(examples, assets.augmenter, tmp_path / "pairs", chunk_size=5)
     got_a, got_b, got_labels = read_augmented(tmp_path / "pairs")
     a_variants = assets.augmenter.augment(text_a, column=0)
     b_variants = assets.augmenter.augment(text_b, column=1)
@@ -306,3 +309,64 @@ def test_tagged_augmentation_replaces_only_words_tagged_o(assets, tmp_path):
         assert matches, variant_words  # the same tags, every entity word in place
         changed += " ".join(variant_words) not in originals
     assert changed > 0
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_augmentation_resumes_after_its_last_saved_part(assets, tmp_path, monkeypatch):
+    """A run stopped in its third part (a half-written shard left behind) resumes: the saved parts are not
+    augmented again, and the output equals an uninterrupted run's."""
+    texts = assets.sentences[:26]
+    examples = types.SimpleNamespace(text_a=texts, text_b=None, labels=np.arange(26) % 2)
+    augment_examples(examples, assets.augmenter, tmp_path / "whole", chunk_size=100)
+    calls = []
+    original = Augmenter.augment
+
+    def counting(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        if len(calls) == 3 and stop_at_third:
+            (tmp_path / "out.parts" / "part-0000000020.array_record.tmp").write_bytes(b"half")
+            raise Interrupted()
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Augmenter, "augment", counting)
+    stop_at_third = True
+    with pytest.raises(Interrupted):
+        augment_examples(examples, assets.augmenter, tmp_path / "out", chunk_size=10)
+    assert not (tmp_path / "out").exists() and len(list((tmp_path / "out.parts").glob("*.json"))) == 3
+    stop_at_third, calls[:] = False, []
+    metadata = augment_examples(examples, assets.augmenter, tmp_path / "out", chunk_size=10)
+    assert calls == [6] and not (tmp_path / "out.parts").exists()  # only the last part (sentences 20..25)
+    assert read_augmented(tmp_path / "out")[0] == read_augmented(tmp_path / "whole")[0]
+    assert metadata["count"] == len(read_augmented(tmp_path / "whole")[0]) and len(metadata["shards"]) == 3
+
+
+@pytest.mark.slow
+def test_augmentation_is_the_same_on_two_processes_and_on_four_devices(assets, tmp_path):
+    """Two processes on 127.0.0.1 (two devices each), each augmenting its share of the parts, and one process
+    with four devices give the records of one process on one device."""
+    texts = make_sentences(30, SINGLE + MULTI, seed=7)
+    (tmp_path / "sentences.json").write_text(json.dumps(texts))
+    examples = types.SimpleNamespace(text_a=texts, text_b=None, labels=np.arange(30) % 2)
+    augment_examples(examples, assets.augmenter, tmp_path / "one", chunk_size=7)
+    args = [str(assets.root / "mlm"), str(assets.glove), str(tmp_path / "sentences.json")]
+
+    def worker(out, devices, env):
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "PYTHONPATH": os.getcwd(), **env}
+        return subprocess.Popen([sys.executable, "tests/augment_worker.py", *args, str(tmp_path / out), "7"],
+                                env=env, stderr=subprocess.PIPE, text=True)
+
+    port = 12400 + os.getpid() % 500
+    cluster = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
+    runs = [worker("two", 2, {**cluster, "JAX_PROCESS_ID": str(i)}) for i in range(2)] + [worker("four", 4, {})]
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-3000:]
+    expected = read_augmented(tmp_path / "one")
+    for out in ("two", "four"):
+        got = read_augmented(tmp_path / out)
+        assert got[0] == expected[0] and np.array_equal(got[2], expected[2])
+    assert len(expected[0]) > 60

@@ -282,7 +282,7 @@ def augmented(tmp_path_factory):
     examples = type("Examples", (), {"text_a": [f"sentence {i}" for i in range(30)], "text_b": None,
                                      "labels": np.arange(30) % 2})()
     out = tmp_path_factory.mktemp("augmented") / "augmented"
-    augment.augment_examples(examples, CopyingAugmenter(), out, records_per_shard=25)
+    augment.augment_examples(examples, CopyingAugmenter(), out, chunk_size=10)
     return out
 
 

@@ -1,8 +1,8 @@
 """Hugging Face BERT <-> Flax conversion: import teachers, export students, and the conversion CLI.
 
 Weight names: Hugging Face stores `[bert.]embeddings.*`, `[bert.]encoder.layer.{i}.*`, `[bert.]pooler.*` and the
-heads `cls.predictions.*` / `classifier.*` / `qa_outputs.*`; our encoder layers are stacked on a leading axis, Linear weights are
-transposed ([out, in] -> [in, out]) and LayerNorm weight/bias are scale/bias.
+heads `cls.predictions.*` / `classifier.*` / `qa_outputs.*`; our encoder layers are stacked on a leading axis,
+Linear weights are transposed ([out, in] -> [in, out]) and LayerNorm weight/bias are scale/bias.
 """
 from __future__ import annotations
 

@@ -122,6 +122,22 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) ->
     return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in local_batch.items()}
 
 
+def local_rows_mesh() -> jax.sharding.Mesh:
+    """This process's devices on one axis: work each host does on its own (augmentation's MLM forwards)."""
+    return jax.sharding.Mesh(np.asarray(jax.local_devices()), ("rows",))
+
+
+def put_rows(arrays: Sequence[np.ndarray], mesh: jax.sharding.Mesh) -> list[jax.Array]:
+    """Arrays split by rows over `mesh` (a local mesh: the row count a multiple of its size); a jitted function
+    of them then runs on every device, each on its rows."""
+    split = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    return [jax.device_put(array, split) for array in arrays]
+
+
+def put_replicated(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    return jax.device_put(tree, replicated(mesh))
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
@@ -134,5 +150,26 @@ def compile_step(fn: Callable, mesh: jax.sharding.Mesh, rules: Sequence, in_shar
     def call(*args):
         with activate(mesh, rules):
             return jitted(*args)
+
+    return call
+
+
+def compile_step_for_shapes(fn: Callable, mesh: jax.sharding.Mesh, rules: Sequence, in_shardings: Any,
+                            out_shardings: Any, donate_argnums: int | tuple, leading_args: tuple,
+                            batch_shapes: list[dict]) -> Callable:
+    """`compile_step`, compiled ahead of time for every global batch shape ({name: (shape, dtype)}, the batch
+    being the last argument, after `leading_args`); a call runs the executable of its batch's input_ids length.
+    So every compilation happens here, before the first step, where it can be timed."""
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
+    compiled = {}
+    with activate(mesh, rules):
+        for shapes in batch_shapes:
+            batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh))
+                     for name, (shape, dtype) in shapes.items()}
+            compiled[batch["input_ids"].shape[1]] = jitted.lower(*leading_args, batch).compile()
+
+    def call(*args):
+        with activate(mesh, rules):
+            return compiled[args[-1]["input_ids"].shape[1]](*args)
 
     return call

@@ -40,7 +40,9 @@ import functools
 import json
 import logging
 import math
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -49,10 +51,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from tinybert_jax import distributed, sharding
 from tinybert_jax.data import shards
 from tinybert_jax.data.glove import GloveIndex, load_glove
 from tinybert_jax.data.loader import METADATA_FILE
-from tinybert_jax.data.prepare import ShardWriter, load_tokenizer
+from tinybert_jax.data.prepare import ArrayRecordWriter, load_tokenizer
 from tinybert_jax.errors import InputError
 from tinybert_jax.files import atomic_output_dir, read_json
 from tinybert_jax.models.bert import Bert, BertConfig, unstack_layers
@@ -68,10 +71,11 @@ there these they this those through to too under until up very was we were what 
 why will with would you your yours yourself yourselves
 """.split())
 LENGTH_STEP = 16  # masked inputs are padded to a multiple of this: few compiled shapes, little padding
-CHUNK_SENTENCES = 1024  # sentences planned and resolved together (bounds host memory, feeds the progress bar)
+# sentences planned and resolved together and saved as one part (bounds host memory and the work an interruption
+# loses; feeds the progress bar)
+CHUNK_SENTENCES = 1024
 GLOVE_QUERY_BATCH = 256
 AUGMENTED_KIND = "tinybert_augmented_examples"
-RECORDS_PER_SHARD = 100_000
 
 Choice = tuple[tuple[int, int], list[str]]  # (character span of a word, its candidates)
 Edit = tuple[tuple[int, int], str]  # (character span of a replaced word, its replacement)
@@ -207,7 +211,9 @@ class Augmenter:
         self._predictable = self._predictable_words(tokenizer)
         # The MLM is frozen: per-layer arrays run faster than slices of stacked ones (see unstack_layers).
         cfg, params = unstack_layers(mlm_cfg, mlm_params)
-        self._params = jax.device_put(params)
+        # Every masked-LM batch is split by rows over this process's devices (output independent of their count).
+        self._mesh = sharding.local_rows_mesh()
+        self._params = sharding.put_replicated(params, self._mesh)
         self._top_k = min(k, mlm_cfg.vocab_size)
         self._forward = jax.jit(functools.partial(_top_k_at_mask, cfg=cfg, k=self._top_k))
         self._glove = GloveIndex(*glove) if glove is not None else None
@@ -345,7 +351,10 @@ class Augmenter:
         return inputs, glove_rows, mlm_slots, glove_slots
 
     def _mlm_top_k(self, inputs: list[MaskedInput], rows: int, stats: AugmentStats) -> np.ndarray:
-        """[len(inputs), k] predicted ids: inputs grouped by padded length into batches of exactly `rows`."""
+        """[len(inputs), k] predicted ids: inputs grouped by padded length into batches of exactly `rows` (plus
+        padding rows up to a multiple of the local device count), each split over the devices."""
+        devices = self._mesh.devices.size
+        padded_rows = -(-rows // devices) * devices
         by_length: dict[int, list[int]] = {}
         for index, x in enumerate(inputs):
             by_length.setdefault(padded_length(len(x.ids), self.max_seq_len), []).append(index)
@@ -353,7 +362,8 @@ class Augmenter:
         for length, indices in sorted(by_length.items()):
             for start in range(0, len(indices), rows):
                 batch = indices[start:start + rows]
-                arrays = _pad_batch([inputs[i] for i in batch], rows, length, self._pad_id)
+                arrays = sharding.put_rows(_pad_batch([inputs[i] for i in batch], padded_rows, length, self._pad_id),
+                                           self._mesh)
                 pending.append((batch, self._forward(self._params, *arrays)))  # async: the host builds the next
         stats.mlm_forwards += len(pending)
         predicted = np.zeros((len(inputs), self._top_k), np.int32)
@@ -423,9 +433,9 @@ def _example_records(a_variants: list[str], b_variants: Optional[list[str]], lab
 
 
 def augment_examples(examples, augmenter: Augmenter, out_dir: str | Path, overwrite: bool = False,
-                     records_per_shard: int = RECORDS_PER_SHARD) -> dict[str, Any]:
-    """Augments task examples (any object with text_a, text_b or None, labels) into `out_dir`, written in one
-    atomic rename; returns the metadata. Record layout in the module docstring."""
+                     chunk_size: int = CHUNK_SENTENCES, resume_key: Optional[dict] = None) -> dict[str, Any]:
+    """Augments task examples (any object with text_a, text_b or None, labels) into `out_dir` (resumable, on
+    every process: `write_augmented`); returns the metadata. Record layout in the module docstring."""
     text_a, text_b, labels = list(examples.text_a), examples.text_b, np.asarray(examples.labels)
     if (text_b is not None and len(text_b) != len(text_a)) or len(labels) != len(text_a):
         raise InputError(f"examples have {len(text_a)} text_a, {'no' if text_b is None else len(text_b)} text_b "
@@ -438,32 +448,102 @@ def augment_examples(examples, augmenter: Augmenter, out_dir: str | Path, overwr
         for offset, (a, b) in enumerate(zip(a_variants, b_variants)):
             yield from _example_records(a, b, labels[start + offset].item())
 
-    return write_augmented(out_dir, len(text_a), chunk_records, augmenter, overwrite, records_per_shard,
+    return write_augmented(out_dir, len(text_a), chunk_records, augmenter, overwrite, chunk_size, resume_key,
                            pair=text_b is not None, label_dtype=labels.dtype.str)
 
 
 def write_augmented(out_dir: str | Path, count: int, chunk_records: Callable[[int, int, AugmentStats],
                                                                              Iterable[dict]],
-                    augmenter: Augmenter, overwrite: bool = False, records_per_shard: int = RECORDS_PER_SHARD,
-                    **fields) -> dict[str, Any]:
-    """Writes the JSON records that chunk_records(start, stop, stats) makes of examples [start, stop), for
-    CHUNK_SENTENCES examples at a time, and metadata.json (with `fields`) into `out_dir` in one atomic rename."""
+                    augmenter: Augmenter, overwrite: bool = False, chunk_size: int = CHUNK_SENTENCES,
+                    resume_key: Optional[dict] = None, **fields) -> dict[str, Any]:
+    """Writes the JSON records that chunk_records(start, stop, stats) makes of examples [start, stop) into
+    `out_dir` with metadata.json (holding `fields`), in one atomic rename; returns the metadata (on process 0;
+    None elsewhere).
+
+    Resumable and shared by every process: the examples are cut into chunks of `chunk_size`; process p of P
+    augments chunks p, p+P, ... and saves each, as soon as it is done, as one shard in `<out_dir>.parts/` (the
+    shard, then its record count and statistics). A run interrupted and started again skips the saved chunks,
+    provided the parts were made with the same `resume_key`, settings and chunking (otherwise they are deleted and
+    made again). When every process is done, process 0 moves the shards into `out_dir` in chunk order. Each
+    sentence's variants come from its own random stream, so the output is the same for any chunk size, process
+    count, device count and batch size.
+    """
+    out_dir = Path(out_dir)
+    parts = out_dir.with_name(out_dir.name + ".parts")
+    identity = {"resume_key": resume_key or {}, "settings": augmenter.settings(), "count": count,
+                "chunk_size": chunk_size, **fields}
+    starts = list(range(0, count, chunk_size))
+    _open_parts(parts, identity)
+    mine = [start for start in starts[jax.process_index()::jax.process_count()]
+            if not (parts / _part_name(start, ".json")).is_file()]
+    with tqdm(total=count, initial=count - sum(min(chunk_size, count - start) for start in mine), desc="augment",
+              unit="sentence", smoothing=0.1, disable=not distributed.is_leader()) as bar:
+        for start in mine:
+            stop = min(start + chunk_size, count)
+            _write_part(parts, start, stop, chunk_records)
+            # every process advances the leader's bar by what it finished: a rate of completed sentences
+            bar.update((stop - start) * jax.process_count() if jax.process_count() > 1 else stop - start)
+    distributed.barrier("augmentation parts written")
+    metadata = None
+    if distributed.is_leader():
+        metadata = _assemble_parts(parts, starts, out_dir, overwrite, count, augmenter, fields)
+    distributed.barrier("augmented data assembled")
+    return metadata
+
+
+def _part_name(start: int, suffix: str) -> str:
+    return f"part-{start:010d}{suffix}"
+
+
+def _open_parts(parts: Path, identity: dict) -> None:
+    """`parts` ready for this run: kept when made with `identity`, else emptied (by process 0, before anyone
+    writes there)."""
+    path = parts / "identity.json"
+    same = path.is_file() and read_json(path) == json.loads(json.dumps(identity))
+    distributed.barrier("augmentation parts checked")
+    if distributed.is_leader() and not same:
+        if parts.exists():
+            log.info("%s holds parts of another augmentation: starting again", parts)
+            shutil.rmtree(parts)
+        parts.mkdir(parents=True)
+        path.write_text(json.dumps(identity, indent=2) + "\n")
+    distributed.barrier("augmentation parts ready")
+
+
+def _write_part(parts: Path, start: int, stop: int, chunk_records) -> None:
+    """Examples [start, stop) augmented into one shard, then its summary, whose presence marks the part done."""
     stats = AugmentStats()
+    shard, tmp = parts / _part_name(start, ".array_record"), parts / _part_name(start, ".array_record.tmp")
     written = 0
+    writer = ArrayRecordWriter(str(tmp), "group_size:1")  # one record per chunk: fast random access
+    try:
+        for record in chunk_records(start, stop, stats):
+            writer.write(json.dumps(record).encode())
+            written += 1
+    finally:
+        writer.close()
+    os.replace(tmp, shard)
+    summary = parts / _part_name(start, ".json")
+    summary.with_suffix(".tmp").write_text(json.dumps({"count": written, "stats": dataclasses.asdict(stats)}))
+    os.replace(summary.with_suffix(".tmp"), summary)
+
+
+def _assemble_parts(parts: Path, starts: list[int], out_dir: Path, overwrite: bool, count: int,
+                    augmenter: Augmenter, fields: dict) -> dict:
+    total, stats, names = 0, AugmentStats(), []
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        with ShardWriter(tmp, records_per_shard) as writer, \
-                tqdm(total=count, desc="augment", unit="example", smoothing=0.1) as bar:
-            for start in range(0, count, CHUNK_SENTENCES):
-                stop = min(start + CHUNK_SENTENCES, count)
-                for record in chunk_records(start, stop, stats):
-                    writer.write(json.dumps(record).encode())
-                    written += 1
-                bar.update(stop - start)
-                bar.set_postfix_str(f"{written} examples", refresh=False)
-        metadata = {"kind": AUGMENTED_KIND, "count": written, "original_count": count, **fields,
-                    "shards": writer.shards, "settings": augmenter.settings(), "stats": dataclasses.asdict(stats)}
+        for number, start in enumerate(starts):
+            summary = read_json(parts / _part_name(start, ".json"))
+            names.append(f"augmented-{number:05d}.array_record")
+            os.replace(parts / _part_name(start, ".array_record"), tmp / names[-1])
+            total += summary["count"]
+            for name, value in summary["stats"].items():
+                setattr(stats, name, getattr(stats, name) + value)
+        metadata = {"kind": AUGMENTED_KIND, "count": total, "original_count": count, **fields, "shards": names,
+                    "settings": augmenter.settings(), "stats": dataclasses.asdict(stats)}
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    log.info("augmented %d examples into %d (%s) at %s", count, written, dataclasses.asdict(stats), out_dir)
+    shutil.rmtree(parts, ignore_errors=True)
+    log.info("augmented %d examples into %d (%s) at %s", count, total, dataclasses.asdict(stats), out_dir)
     return metadata
 
 

@@ -14,7 +14,7 @@ Records are JSON in the ArrayRecord shards `augment.write_augmented` writes, rea
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -22,13 +22,16 @@ from tinybert_jax.data import augment, conll, glue, squad
 from tinybert_jax.data.augment import AugmentStats, Augmenter
 
 
-def augment_task_examples(head: str, examples, augmenter: Augmenter, out_dir: Path) -> dict:
-    """Augments the training examples of a task with this model head into `out_dir` (overwritten)."""
-    if head == "span":
-        return _write(examples, augmenter, out_dir, _squad_records, head)
-    if head == "token":
-        return _write(examples, augmenter, out_dir, _tagged_records, head)
-    return augment.augment_examples(examples, augmenter, out_dir, overwrite=True)
+def augment_task_examples(head: str, examples, augmenter: Augmenter, out_dir: Path,
+                          chunk_size: int = augment.CHUNK_SENTENCES, resume_key: Optional[dict] = None) -> dict:
+    """Augments the training examples of a task with this model head into `out_dir` (overwritten), resumable
+    from its last saved chunk of `chunk_size` examples when `resume_key` is the same (`augment.write_augmented`)."""
+    if head == "sequence":
+        return augment.augment_examples(examples, augmenter, out_dir, True, chunk_size, resume_key)
+    records = _squad_records if head == "span" else _tagged_records
+    return augment.write_augmented(out_dir, len(examples),
+                                   lambda start, stop, stats: records(examples, augmenter, start, stop, stats),
+                                   augmenter, True, chunk_size, resume_key, head=head)
 
 
 def read_task_examples(head: str, out_dir: Path):
@@ -44,12 +47,6 @@ def read_task_examples(head: str, out_dir: Path):
         words, tags = (list(column) for column in zip(*records))
         return conll.TaggedExamples(words, tags)
     return glue.TaskExamples(*augment.read_augmented(out_dir))
-
-
-def _write(examples, augmenter: Augmenter, out_dir: Path, records, head: str) -> dict:
-    return augment.write_augmented(out_dir, len(examples),
-                                   lambda start, stop, stats: records(examples, augmenter, start, stop, stats),
-                                   augmenter, overwrite=True, head=head)
 
 
 def _squad_records(examples: squad.SquadExamples, augmenter: Augmenter, start: int, stop: int,

@@ -4,6 +4,7 @@ Reads the directory written by `tinybert_jax.data.prepare` (record layout in its
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -132,6 +133,50 @@ def global_batches(source, global_batch_size: int, seed: int, rows: slice, batch
     batches = grain.MapDataset.range(len(records) // global_batch_size).map(
         lambda j: batch_fn([records[j * global_batch_size + offset] for offset in offsets]))
     return iter(batches.to_iter_dataset(read_options))
+
+
+def bucketed_batches(example_buckets: np.ndarray, num_buckets: int, global_batch_size: int, seed: int,
+                     rows: slice, batch_fn: Callable[[np.ndarray, int], Any],
+                     read_options: grain.ReadOptions) -> grain.DatasetIterator:
+    """An endless iterator of this process's `rows` of every global batch, each batch drawn from one length bucket
+    (`example_buckets[i]`: the bucket of example i, 0 the shortest); batch_fn(indices, bucket) makes the host
+    batch of those examples padded to that bucket's length.
+
+    Epoch e (the examples' permutation seeded by (seed, e)) goes through the buckets from the shortest: each
+    bucket's examples, after those carried over from the shorter one, make full batches, and the fewer than a batch
+    left over move up to the next (longer) bucket. The last remainder is completed with the epoch's first examples.
+    So an epoch has exactly ceil(N / batch) batches, each example in at least one, none dropped; the epoch's
+    batches are then shuffled, so buckets interleave. As with `global_batches`, batch j is the same for any number
+    of processes, and the iterator state ({'next_index': j}) resumes on another process count.
+    """
+    count = len(example_buckets)
+    if count < global_batch_size:
+        raise InputError(f"{count} examples are fewer than one global batch of {global_batch_size}; use more "
+                         f"data or a smaller batch")
+    per_epoch = -(-count // global_batch_size)
+
+    @functools.lru_cache(maxsize=2)  # Grain's threads read batches of one or two epochs at a time
+    def epoch_plan(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((seed, epoch))
+        order = rng.permutation(count)
+        batches, buckets, carry = [], [], order[:0]
+        for bucket in range(num_buckets):
+            members = np.concatenate([carry, order[example_buckets[order] == bucket]])
+            full = len(members) - len(members) % global_batch_size
+            batches += np.split(members[:full], full // global_batch_size) if full else []
+            buckets += [bucket] * (full // global_batch_size)
+            carry = members[full:]
+        if len(carry):
+            batches.append(np.concatenate([carry, order[:global_batch_size - len(carry)]]))
+            buckets.append(num_buckets - 1)
+        shuffled = rng.permutation(per_epoch)
+        return np.stack(batches)[shuffled], np.asarray(buckets)[shuffled]
+
+    def batch(j: int) -> Any:
+        indices, buckets = epoch_plan(j // per_epoch)
+        return batch_fn(indices[j % per_epoch][rows], int(buckets[j % per_epoch]))
+
+    return iter(grain.MapDataset.range(2**62).map(batch).to_iter_dataset(read_options))
 
 
 def make_train_iterator(prepared_dir: str | Path, global_batch_size: int, seed: int, rows: Optional[slice] = None,

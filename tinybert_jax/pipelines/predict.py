@@ -17,7 +17,7 @@ from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.spec import compute_dtype
 from tinybert_jax.errors import InputError
 from tinybert_jax.task import classifier
-from tinybert_jax.task.data import seq_len_for
+from tinybert_jax.task.data import bucket_lengths, seq_len_for
 from tinybert_jax.task.evaluate import predict
 
 
@@ -31,7 +31,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     tokenizer, seq_len = load_tokenizer(str(model_dir)), seq_len_for(task, config.data.seq_len)
 
     def logits_of(examples: glue.TaskExamples) -> np.ndarray:
-        return predict(cfg, params, glue.encode(examples, tokenizer, seq_len), config.eval.batch_size, permutation)
+        return predict(cfg, params, glue.encode(examples, tokenizer, seq_len), config.eval.batch_size, permutation,
+                       bucket_lengths(config.data.buckets, seq_len))
 
     rows = []
     if task.name == custom.NAME:

@@ -31,7 +31,8 @@ from tinybert_jax.distill.step import DistillSpec, make_distill_step
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, abstract_params
 from tinybert_jax.task import classifier, fingerprint
-from tinybert_jax.task.data import Arrays, DevSet, count, encode_train, load_dev_sets, seq_len_for, train_iterator
+from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, bucket_lengths, count, encode_train, load_dev_sets, \
+    seq_len_for, train_iterator
 from tinybert_jax.task.evaluate import evaluate, main_score, predict
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
@@ -127,7 +128,8 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
         init = {**stage1_params, **({"pooler": student_params["pooler"]}
                                     if "pooler" in student_params and classifier_cfg.pooler else {})}
         train["teacher_logits"] = teacher_logits(teacher_cfg, teacher_params, permutation, train,
-                                                 config.eval.batch_size, prints["teacher_logits"], workdir)
+                                                 config.eval.batch_size, prints["teacher_logits"], workdir,
+                                                 bucket_lengths(config.data.buckets, seq_len))
         keepers = {}
         for seed, directory in stage2_dirs.items():
             keepers[seed], record = classifier.train_classifier(
@@ -191,23 +193,24 @@ def load_student(config: ml_collections.ConfigDict, teacher: BertConfig) -> tupl
 
 def training_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, train, augment_fingerprint: dict,
                       workdir: Path):
-    """The training set, augmented when augment.enabled (made once; made again when its fingerprint differs)."""
+    """The training set, augmented when augment.enabled (made once, by every process, each its share of chunks,
+    resumable after an interruption; made again when its fingerprint differs)."""
     if not config.augment.enabled:
         return train
     out_dir = workdir / "augmented"
     stored = out_dir / "fingerprint.json"
-
-    def augment_once() -> None:
-        if fingerprint.reusable(out_dir / "metadata.json", stored, augment_fingerprint):
-            return
+    reuse = fingerprint.reusable(out_dir / "metadata.json", stored, augment_fingerprint)
+    distributed.barrier("augmented data checked")  # the same decision everywhere before anything is written
+    if not reuse:
         settings = config.augment
         augmenter = augment.load_augmenter(settings.mlm_path, settings.glove_path or None, k=settings.k,
                                            p_t=settings.p_t, n_a=settings.n_a, seed=config.seed,
                                            batch_size=settings.batch_size, max_seq_len=settings.max_seq_len)
-        augment_tasks.augment_task_examples(task.head, train, augmenter, out_dir)
-        fingerprint.write(stored, augment_fingerprint)  # after the data: a crash in between means augment again
-
-    distributed.leader_first("augment", augment_once)
+        augment_tasks.augment_task_examples(task.head, train, augmenter, out_dir, settings.save_every,
+                                            resume_key=augment_fingerprint)
+        if distributed.is_leader():  # after the data: a crash in between means augment again
+            fingerprint.write(stored, augment_fingerprint)
+        distributed.barrier("augmented data written")
     return augment_tasks.read_task_examples(task.head, out_dir)
 
 
@@ -242,10 +245,12 @@ def stage1(config, spec: DistillSpec, trimmed: dict, job: engine.Job, train: Arr
     """Intermediate-layer distillation; saves the student to WORKDIR/stage1/student."""
     stage = config.stage1
     job.num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, "stage1")
+    buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
     result = engine.train(config, job, lambda rng: init_trainable(spec, rng),
                           lambda tx, schedule: make_distill_step(spec, tx, schedule),
-                          lambda rows: train_iterator(train, stage.batch_size, config.seed, rows),
-                          frozen=engine.Frozen(trimmed, abstract_params(spec.teacher)))
+                          lambda rows: train_iterator(train, stage.batch_size, config.seed, rows, buckets),
+                          frozen=engine.Frozen(trimmed, abstract_params(spec.teacher)),
+                          batch_shapes=batch_shapes(train, stage.batch_size, buckets))
     params = sharding.host_copy(result.state.params["student"])
     if distributed.is_leader():
         convert.save_flax_dir(spec.student, params, job.directory / "student", overwrite=True)
@@ -254,7 +259,7 @@ def stage1(config, spec: DistillSpec, trimmed: dict, job: engine.Job, train: Arr
 
 
 def teacher_logits(teacher_cfg, teacher_params, permutation, train: Arrays, batch_size: int,
-                   logits_fingerprint: dict, workdir: Path) -> np.ndarray:
+                   logits_fingerprint: dict, workdir: Path, buckets=None) -> np.ndarray:
     """The teacher's logits for every training example, computed once and cached for all stage-2 epochs (again
     when the cache's fingerprint differs: logits of another data set would silently misalign the targets)."""
     cache = workdir / "stage2" / "teacher_logits.npy"
@@ -263,7 +268,7 @@ def teacher_logits(teacher_cfg, teacher_params, permutation, train: Arrays, batc
     def compute_once() -> None:
         if fingerprint.reusable(cache, stored, logits_fingerprint):
             return
-        logits = predict(teacher_cfg, teacher_params, train, batch_size, permutation)
+        logits = predict(teacher_cfg, teacher_params, train, batch_size, permutation, buckets)
         cache.parent.mkdir(parents=True, exist_ok=True)
         with open(cache.with_suffix(".tmp"), "wb") as f:
             np.save(f, logits)

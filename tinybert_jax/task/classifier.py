@@ -15,7 +15,7 @@ from tinybert_jax import convert, distributed, hf_checkpoint
 from tinybert_jax.data import glue
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, boxed_params
-from tinybert_jax.task.data import Arrays, DevSet, count, train_iterator
+from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, bucket_lengths, count, train_iterator
 from tinybert_jax.task.evaluate import BestOnDev
 from tinybert_jax.task.steps import make_task_step
 from tinybert_jax.train import engine
@@ -81,10 +81,12 @@ def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer:
                          initial={"model": init_params}, eval_every_steps=config.eval.every_steps,
                          section=section)
     best = BestOnDev(task, cfg, dev_sets, config.eval.batch_size, directory / "best")
+    buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
     result = engine.train(
         config, job, lambda rng: {"model": boxed_params(cfg, rng)},
         lambda tx, schedule: make_task_step(cfg, tx, schedule, task.is_regression, temperature),
-        lambda rows: train_iterator(train, stage.batch_size, config.seed, rows), evaluate=best)
+        lambda rows: train_iterator(train, stage.batch_size, config.seed, rows, buckets), evaluate=best,
+        batch_shapes=batch_shapes(train, stage.batch_size, buckets))
     return best, result.record
 
 

@@ -1,6 +1,10 @@
 """Task data in memory: encoded splits as numpy arrays, a checkpointable Grain iterator over them, fixed-size
 evaluation batches, and dev sets with their metric. Task sets are small (MNLI train: 393k pairs, ~600 MB at 128
-tokens; SQuAD train: ~88k windows of 384 tokens)."""
+tokens; SQuAD train: ~88k windows of 384 tokens).
+
+Length buckets (`data.buckets`, README "Length buckets"): every array is encoded padded to seq_len, and a batch of
+examples no longer than bucket length L is cut to L tokens (padding sits at the end), so a step or forward
+computes only up to the longest example's bucket. Arrays with a token axis are listed in TOKEN_AXIS."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from tinybert_jax.data import conll, glue, squad, tasks
-from tinybert_jax.data.loader import global_batches
+from tinybert_jax.data.loader import bucketed_batches, global_batches
 from tinybert_jax.errors import InputError
 from tinybert_jax.task import glue_metrics, span_metrics, tag_metrics
 
@@ -19,6 +23,11 @@ Arrays = dict[str, np.ndarray]  # input_ids, token_type_ids, attention_mask [N, 
 SINGLE_SENTENCE_SEQ_LEN, PAIR_SEQ_LEN = 64, 128
 # Defaults of the token and span tasks (docs/data.md): CoNLL sentences, and SQuAD windows as BERT's SQuAD runs.
 TOKEN_SEQ_LEN, SPAN_SEQ_LEN = 128, 384
+# arrays whose axis 1 is the token axis when they have this many axes (per-token labels and teacher logits of
+# the token and span heads; a sequence task's labels [N] and logits [N, C] have none)
+TOKEN_AXIS = {"input_ids": 2, "token_type_ids": 2, "attention_mask": 2, "labels": 2, "teacher_logits": 3,
+              "offsets": 3}
+BUCKET_STEP, MAX_AUTO_BUCKETS = 8, 16
 
 
 class ArrayRows:
@@ -39,27 +48,90 @@ def count(arrays: Arrays) -> int:
     return len(next(iter(arrays.values())))
 
 
-def train_iterator(arrays: Arrays, global_batch_size: int, seed: int,
-                   rows: Optional[slice] = None) -> grain.DatasetIterator:
-    """Endless shuffled batches (reshuffled each epoch; batches may straddle epochs) of this process's `rows` of
-    every global batch (default: all of them), position checkpointable (`loader.global_batches`)."""
-    def stack(examples: list[dict]) -> Arrays:
-        return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
-
+def bucket_lengths(setting, seq_len: int, key: str = "data.buckets") -> Optional[tuple[int, ...]]:
+    """The padded lengths of `setting`: None (fixed padding to seq_len) for "" or 0; "auto" multiples of 8 up to
+    seq_len, the step doubled until there are at most 16; a number N its multiples; a list (or "16,32,64")
+    exactly those. seq_len is always the last."""
+    text = ",".join(str(item) for item in setting) if isinstance(setting, (list, tuple)) else str(setting).strip()
+    if text in ("", "0", "none", "None"):
+        return None
+    if text == "auto":
+        step = BUCKET_STEP
+        while -(-seq_len // step) > MAX_AUTO_BUCKETS:
+            step *= 2
+        return tuple(range(step, seq_len, step)) + (seq_len,)
     try:
-        return global_batches(ArrayRows(arrays), global_batch_size, seed, rows or slice(0, global_batch_size), stack,
-                              grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise InputError(f"{key}={setting!r}: give auto, a step such as 8, or padded lengths such as 16,32,64 "
+                         f"(0 or empty: every batch padded to seq_len {seq_len})")
+    if len(values) == 1:
+        return tuple(range(values[0], seq_len, values[0])) + (seq_len,)
+    if max(values) > seq_len:
+        raise InputError(f"{key}={setting!r}: {max(values)} is longer than data.seq_len {seq_len}")
+    return tuple(sorted(set(values) - {seq_len})) + (seq_len,)
+
+
+def example_buckets(arrays: Arrays, buckets: tuple[int, ...]) -> np.ndarray:
+    """The bucket of each example: the first whose length holds its real tokens."""
+    return np.searchsorted(np.asarray(buckets), arrays["attention_mask"].sum(axis=1), side="left")
+
+
+def cut_rows(arrays: Arrays, indices: np.ndarray, length: Optional[int]) -> Arrays:
+    """Rows `indices` of every array, the token axis cut to `length` (None: whole)."""
+    return {name: values[indices, :length] if length and TOKEN_AXIS.get(name) == values.ndim else values[indices]
+            for name, values in arrays.items()}
+
+
+def batch_shapes(arrays: Arrays, global_batch_size: int,
+                 buckets: Optional[tuple[int, ...]]) -> list[dict[str, tuple[tuple[int, ...], np.dtype]]]:
+    """{name: (shape, dtype)} of every global batch shape training can meet: one per bucket that can form a batch
+    (one holding examples, and the last, which takes the remainders); one shape without buckets."""
+    if buckets is None:
+        return [{name: ((global_batch_size,) + values.shape[1:], values.dtype) for name, values in arrays.items()}]
+    used = sorted(set(example_buckets(arrays, buckets).tolist()) | {len(buckets) - 1})
+    return [{name: ((global_batch_size,) + ((buckets[b],) + values.shape[2:] if TOKEN_AXIS.get(name) == values.ndim
+                                            else values.shape[1:]), values.dtype)
+             for name, values in arrays.items()} for b in used]
+
+
+def train_iterator(arrays: Arrays, global_batch_size: int, seed: int, rows: Optional[slice] = None,
+                   buckets: Optional[tuple[int, ...]] = None) -> grain.DatasetIterator:
+    """Endless shuffled batches of this process's `rows` of every global batch (default: all of them), position
+    checkpointable. Without buckets: reshuffled each epoch, batches may straddle epochs (`loader.global_batches`);
+    with buckets: each batch from one bucket, cut to its length (`loader.bucketed_batches`)."""
+    rows = rows or slice(0, global_batch_size)
+    options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
+    try:
+        if buckets is not None:
+            return bucketed_batches(example_buckets(arrays, buckets), len(buckets), global_batch_size, seed, rows,
+                                    lambda indices, bucket: cut_rows(arrays, indices, buckets[bucket]), options)
+
+        def stack(examples: list[dict]) -> Arrays:
+            return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
+
+        return global_batches(ArrayRows(arrays), global_batch_size, seed, rows, stack, options)
     except InputError as e:
         raise InputError(f"the training set: {e}") from e
 
 
-def eval_batches(arrays: Arrays, batch_size: int) -> Iterator[tuple[Arrays, int]]:
-    """(batch, real rows) in order; the last batch is padded by repeating its last row so shapes stay fixed."""
-    total = count(arrays)
-    for start in range(0, total, batch_size):
-        rows = min(batch_size, total - start)
-        index = np.minimum(np.arange(start, start + batch_size), total - 1)
-        yield {name: values[index] for name, values in arrays.items()}, rows
+def eval_batches(arrays: Arrays, batch_size: int,
+                 buckets: Optional[tuple[int, ...]] = None) -> Iterator[tuple[Arrays, np.ndarray]]:
+    """(batch, the indices of its real rows) covering every example once; a bucket's last batch is padded by
+    repeating its last row so shapes stay fixed. With buckets, examples are grouped by bucket (shortest first)
+    and each batch is cut to its bucket's length."""
+    if buckets is None:
+        groups = [(np.arange(count(arrays)), None)]
+    else:
+        which = example_buckets(arrays, buckets)
+        groups = [(np.flatnonzero(which == bucket), length) for bucket, length in enumerate(buckets)]
+    for members, length in groups:
+        for start in range(0, len(members), batch_size):
+            real = members[start:start + batch_size]
+            padded = np.concatenate([real, np.full(batch_size - len(real), real[-1])])
+            yield cut_rows(arrays, padded, length), real
 
 
 @dataclasses.dataclass
@@ -68,6 +140,7 @@ class DevSet:
     arrays: Arrays
     metrics: Callable[[np.ndarray], dict[str, float]]  # logits in the task's label order -> {metric: value}
     chance: float  # the main metric of a model that ignores its input
+    buckets: Optional[tuple[int, ...]] = None  # the padded lengths its forwards run at
 
 
 def seq_len_for(task: glue.GlueTask, configured: int) -> int:
@@ -92,9 +165,10 @@ def encode_train(task: glue.GlueTask, examples, tokenizer, seq_len: int, data: m
 
 
 def load_dev_sets(task: glue.GlueTask, data: ml_collections.ConfigDict, tokenizer, seq_len: int) -> dict[str, DevSet]:
-    """Every dev split of the task (MNLI: matched and mismatched), encoded, with its metric."""
-    return {split: dev_set(task, tasks.read_split(task, data, split), tokenizer, seq_len, data)
-            for split in task.dev_splits}
+    """Every dev split of the task (MNLI: matched and mismatched), encoded, with its metric and buckets."""
+    buckets = bucket_lengths(data.buckets, seq_len)
+    return {split: dataclasses.replace(dev_set(task, tasks.read_split(task, data, split), tokenizer, seq_len, data),
+                                       buckets=buckets) for split in task.dev_splits}
 
 
 def dev_set(task: glue.GlueTask, examples, tokenizer, seq_len: int, data: ml_collections.ConfigDict) -> DevSet:

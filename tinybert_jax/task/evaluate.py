@@ -12,27 +12,34 @@ from absl import logging
 from tinybert_jax import convert, distributed, sharding
 from tinybert_jax.data.glue import GlueTask
 from tinybert_jax.models.bert import BertConfig
-from tinybert_jax.task.data import Arrays, DevSet, eval_batches
+from tinybert_jax.task.data import Arrays, DevSet, count, eval_batches
 from tinybert_jax.task.steps import classifier_logits
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def predict(cfg: BertConfig, params: Any, arrays: Arrays, batch_size: int,
-            permutation: Optional[np.ndarray] = None) -> np.ndarray:
-    """float32 logits [N, num_labels] ([N, T, num_labels] for token and span heads), the labels in the task's
-    canonical order when `permutation` is given."""
+            permutation: Optional[np.ndarray] = None, buckets: Optional[tuple[int, ...]] = None) -> np.ndarray:
+    """float32 logits [N, num_labels] ([N, T, num_labels] for token and span heads, zero past each batch's
+    bucket length), the labels in the task's canonical order when `permutation` is given. With `buckets`, each
+    batch runs at its bucket's length (one compiled shape per bucket)."""
     logits_fn = jax.jit(classifier_logits(cfg))
     inputs = {name: arrays[name] for name in INPUTS}
-    logits = np.concatenate([sharding.host_copy(logits_fn(params, batch))[:rows]
-                             for batch, rows in eval_batches(inputs, batch_size)])
+    logits = None
+    for batch, real in eval_batches(inputs, batch_size, buckets):
+        values = sharding.host_copy(logits_fn(params, batch))[:len(real)]
+        if logits is None:
+            per_token = values.ndim == 3
+            logits = np.zeros((count(inputs),) + ((arrays["input_ids"].shape[1],) if per_token else ()) +
+                              values.shape[-1:], np.float32)
+        logits[(real, slice(0, values.shape[1])) if logits.ndim == 3 else real] = values
     return logits if permutation is None else logits[..., permutation]
 
 
 def evaluate(cfg: BertConfig, params: Any, dev_sets: dict[str, DevSet], batch_size: int,
              permutation: Optional[np.ndarray] = None) -> dict[str, dict[str, float]]:
     """{dev split: {metric: value}} for every dev split of the task."""
-    return {split: dev.metrics(predict(cfg, params, dev.arrays, batch_size, permutation))
+    return {split: dev.metrics(predict(cfg, params, dev.arrays, batch_size, permutation, dev.buckets))
             for split, dev in dev_sets.items()}
 
 

@@ -44,7 +44,8 @@ def digest_examples(examples) -> str:
         answers = ["\x1d".join(f"{text}\x1c{start}" for text, start in answer) for answer in examples.answers]
         return digest_texts(examples.ids, examples.questions, examples.contexts, answers)
     if isinstance(examples, conll.TaggedExamples):
-        return digest_texts(["\x1c".join(words) for words in examples.words]) + digest_arrays(np.concatenate(examples.tags))
+        words = ["\x1c".join(sentence) for sentence in examples.words]
+        return digest_texts(words) + digest_arrays(np.concatenate(examples.tags))
     return digest_texts(examples.text_a, examples.text_b) + digest_arrays(examples.labels)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -99,12 +100,15 @@ def check_before_preparing(config: ml_collections.ConfigDict, job: Job) -> None:
 def train(config: ml_collections.ConfigDict, job: Job, init_params: Callable[[jax.Array], Any],
           make_step: StepFactory, make_iterator: Callable[[slice], Iterator[dict]],
           frozen: Optional[Frozen] = None,
-          evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None) -> Result:
+          evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None,
+          batch_shapes: Optional[list[dict]] = None) -> Result:
     """Trains `job` to its last step on the mesh of config.mesh and returns the state and what the loop recorded.
 
     init_params(rng) returns the trainable parameters (boxed with logical axis names); make_iterator(rows) the
     endless, checkpointable (get_state/set_state) iterator of this process's `rows` of every global batch;
-    evaluate(state, step) dev metrics (see LoopSettings).
+    evaluate(state, step) dev metrics (see LoopSettings). batch_shapes ({name: (global shape, dtype)} per batch
+    shape the data can have, e.g. one per length bucket): every shape is compiled before the first step, and the
+    summary reports how long that took; without them the step compiles on its first call.
     """
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     rules = config.mesh.rules
@@ -121,13 +125,23 @@ def train(config: ml_collections.ConfigDict, job: Job, init_params: Callable[[ja
         frozen_shardings = sharding.shardings_of(frozen.abstract, mesh, rules)
         in_shardings, extra = (state_shardings, frozen_shardings), (sharding.put_sharded(frozen.params,
                                                                                          frozen_shardings),)
-    step = sharding.compile_step(make_step(tx, schedule), mesh, rules,
-                                 in_shardings=(*in_shardings, sharding.batch_sharding(mesh)),
-                                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    shardings = dict(in_shardings=(*in_shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    compile_s = 0.0
+    if batch_shapes is None:
+        step = sharding.compile_step(make_step(tx, schedule), mesh, rules, **shardings)
+    else:
+        started = time.perf_counter()
+        step = sharding.compile_step_for_shapes(make_step(tx, schedule), mesh, rules, leading_args=(state, *extra),
+                                                batch_shapes=batch_shapes, **shardings)
+        compile_s = time.perf_counter() - started
+        logging.info("%s: compiled %d batch shape(s) in %.1f s", job.desc, len(batch_shapes), compile_s)
     state, record = run_loop(lambda s, batch: step(s, *extra, batch), state, data_iterator, mesh, checkpoints,
                              job.meta, job.directory,
                              LoopSettings(job.num_steps, job.batch_size, config.log.every_steps, job.desc,
                                           job.eval_every_steps), evaluate)
+    if batch_shapes is not None:
+        record.compiled = (len(batch_shapes), compile_s)
     return Result(state, record)
 
 

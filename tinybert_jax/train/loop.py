@@ -38,6 +38,7 @@ class LoopRecord:
     last: dict[str, float] = dataclasses.field(default_factory=dict)
     # examples/s after the first logged interval (which includes compilation), or over it when it is the only one
     examples_per_s: float = float("nan")
+    compiled: Optional[tuple[int, float]] = None  # (batch shapes, seconds) when compiled before the first step
 
     def summary_rows(self) -> list[tuple[str, str]]:
         """(name, value) rows: what ran, first -> last of each logged quantity, examples/s."""
@@ -47,6 +48,8 @@ class LoopRecord:
         rows = [(self.desc, ran)]
         rows += [(f"  {name}", f"{self.first[name]:.4g} -> {value:.4g}") for name, value in self.last.items()
                  if name not in ("learning_rate", "examples_per_s")]
+        if self.compiled is not None:
+            rows.append(("  compiled", f"{self.compiled[0]} batch shape(s) in {self.compiled[1]:.1f} s"))
         return rows + [("  examples/s", f"{self.examples_per_s:.1f}")]
 
 
