@@ -335,12 +335,32 @@ def test_interrupted_augmentation_resumes_after_its_last_saved_part(assets, tmp_
     stop_at_third = True
     with pytest.raises(Interrupted):
         augment_examples(examples, assets.augmenter, tmp_path / "out", chunk_size=10)
-    assert not (tmp_path / "out").exists() and len(list((tmp_path / "out.parts").glob("*.json"))) == 3
+    assert not (tmp_path / "out").exists() and len(list((tmp_path / "out.parts").glob("part-*.json"))) == 2
     stop_at_third, calls[:] = False, []
     metadata = augment_examples(examples, assets.augmenter, tmp_path / "out", chunk_size=10)
     assert calls == [6] and not (tmp_path / "out.parts").exists()  # only the last part (sentences 20..25)
     assert read_augmented(tmp_path / "out")[0] == read_augmented(tmp_path / "whole")[0]
     assert metadata["count"] == len(read_augmented(tmp_path / "whole")[0]) and len(metadata["shards"]) == 3
+
+
+@pytest.mark.slow
+def test_augmentation_killed_mid_chunk_resumes_after_its_last_saved_part(assets, tmp_path):
+    texts = make_sentences(30, SINGLE + MULTI, seed=8)
+    (tmp_path / "sentences.json").write_text(json.dumps(texts))
+    examples = types.SimpleNamespace(text_a=texts, text_b=None, labels=np.arange(30) % 2)
+    augment_examples(examples, assets.augmenter, tmp_path / "whole", chunk_size=7)
+    command = [sys.executable, "tests/augment_worker.py", str(assets.root / "mlm"), str(assets.glove),
+               str(tmp_path / "sentences.json"), str(tmp_path / "out"), "7"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    killed = subprocess.run(command + ["3"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    # killed while writing its third part (of 7 sentences): two saved, a half-written shard left behind
+    assert len(list((tmp_path / "out.parts").glob("part-*.json"))) == 2 and not (tmp_path / "out").exists()
+    assert list((tmp_path / "out.parts").glob("*.tmp"))
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "14/30" in resumed.stderr and " 0/30" not in resumed.stderr  # the bar starts at the saved sentences
+    assert read_augmented(tmp_path / "out")[0] == read_augmented(tmp_path / "whole")[0]
 
 
 @pytest.mark.slow

@@ -4,7 +4,10 @@ import json
 import math
 from types import SimpleNamespace
 
+import pytest
+
 from test_general import write_corpus
+from test_task import FILLER, VOCAB, save_model
 from tinybert_jax.bench.__main__ import main as bench_main
 
 TINY = ["--teacher=2,32,64,4", "--student=1,16,32,4", "--vocab=120", "--batch=4", "--seq-len=16", "--reps=2",
@@ -107,3 +110,27 @@ def test_step_of_the_distilbert_and_minilm_recipes(tmp_path, capsys):
             assert report["flops_per_step"] == 4 * (t + 3 * s)
     narrow = run_bench(capsys, "step", "--recipe=distilbert", *base, "--student=1,16,32,4")
     assert narrow.returncode == 2 and narrow.stderr.strip().splitlines()[-1].startswith("error: term 'cos'")
+
+
+@pytest.mark.slow
+def test_task_benchmark_at_tiny_sizes(tmp_path, capsys):
+    """Stage-1 throughput with and without buckets on both length distributions, and augmentation on 1 and 8
+    devices (each in its own process)."""
+    out = tmp_path / "bench.json"
+    mlm = save_model(tmp_path / "mlm", "BertForMaskedLM", vocab=VOCAB, max_position_embeddings=128)
+    glove = tmp_path / "glove.txt"  # a given MLM and GloVe file: nothing trained on the whole corpus
+    glove.write_text("".join(f"{word} {i % 3}.5 1.0\n" for i, word in enumerate(FILLER)))
+    result = run_bench(capsys, "task", "--teacher=2,32,64,4", "--student=1,16,32,4", f"--vocab={len(VOCAB)}",
+                       "--task-batch=8", "--task-steps=4", "--task-sentences=96", "--sentences=8",
+                       "--augment-batch=8", "--buckets=32", f"--tokenizer={mlm}", f"--mlm={mlm}", f"--glove={glove}",
+                       f"--json={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())["task"]
+    assert positive_numbers(report)
+    for kind, seq_len in (("single", 64), ("pair", 128)):
+        r = report[kind]
+        assert r["seq_len"] == seq_len and r["ideal"] == pytest.approx(seq_len / r["mean_length"])
+        assert r["speedup"] == pytest.approx(r["bucketed"]["examples_per_s"] / r["fixed"]["examples_per_s"])
+        assert r["fixed"]["mean_padded_length"] == seq_len and r["bucketed"]["mean_padded_length"] < seq_len
+    assert set(report["augment"]["sentences_per_s"]) == {"1", "8"}
+    assert "speed-up / ideal" in result.stdout

@@ -1,23 +1,21 @@
 """Length buckets for task data: settings, the bucketed batch plan (coverage, one bucket per batch, determinism,
 process-count invariance, resume mid-epoch), cut batches, bucketed predictions, and the masked-mode loss equal
 to the fixed-padding one."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_step import STUDENT, TEACHER, optimizer_config
-from tinybert_jax import sharding
+from test_step import STUDENT, TEACHER
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import preset_matches
 from tinybert_jax.distill.spec import init_trainable
-from tinybert_jax.distill.step import DistillSpec, make_distill_step, trim_teacher
+from tinybert_jax.distill.step import DistillSpec, distillation_losses, trim_teacher
 from tinybert_jax.errors import InputError
-from tinybert_jax.models.bert import BertConfig, init_params
+from tinybert_jax.models.bert import Bert, BertConfig, init_params
 from tinybert_jax.task.data import batch_shapes, bucket_lengths, eval_batches, train_iterator
 from tinybert_jax.task.evaluate import predict
-from tinybert_jax.train.engine import create_state
-from tinybert_jax.train.optimizer import make_optimizer
 
 
 @pytest.mark.parametrize("setting, seq_len, expected", [
@@ -105,29 +103,38 @@ def test_bucketed_predictions_equal_fixed_padding():
     np.testing.assert_allclose(bucketed[real], fixed[real], atol=1e-5)
 
 
-def distill_metrics(mode, batch):
+def distill_losses(mode, batches):
+    """The stage-1 loss and its terms (dropout off, no update) of each batch, with one student and teacher."""
     teacher_params = init_params(TEACHER, jax.random.PRNGKey(1))
     layer_map = resolve_layer_map("uniform", TEACHER.num_hidden_layers, STUDENT.num_hidden_layers)
     teacher_cfg, teacher_params = trim_teacher(TEACHER, teacher_params, layer_map.teacher_depth, False)
-    student = STUDENT.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # the same step twice
     terms = {"embedding": 1.0, "attention": 1.0, "hidden": 1.0, "prediction": 0.0}
-    spec = DistillSpec(student, teacher_cfg, preset_matches("tinybert", terms, layer_map, student, teacher_cfg), mode)
-    tx, schedule = make_optimizer(optimizer_config(), 10)
-    state, _ = create_state(lambda rng: init_trainable(spec, rng), tx, 0, sharding.make_mesh(-1, 1), [])
-    _, metrics = jax.jit(make_distill_step(spec, tx, schedule))(state, teacher_params, batch)
-    return {name: float(value) for name, value in metrics.items() if name in ("loss", *terms)}
+    spec = DistillSpec(STUDENT, teacher_cfg, preset_matches("tinybert", terms, layer_map, STUDENT, teacher_cfg), mode)
+    params = nn.meta.unbox(init_trainable(spec, jax.random.PRNGKey(2)))
+
+    @jax.jit
+    def losses(batch):
+        inputs = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        teacher_out = Bert(spec.teacher).apply({"params": teacher_params}, *inputs,
+                                               output_layers=spec.teacher_output_layers)
+        student_out = Bert(spec.student).apply({"params": params["student"]}, *inputs)
+        total, by_term = distillation_losses(spec, student_out, teacher_out, params["projection"],
+                                             batch["attention_mask"])
+        return {"loss": total, **by_term}
+
+    return [{name: float(value) for name, value in losses(batch).items()} for batch in batches]
 
 
 def test_masked_mode_loss_is_the_same_in_a_bucket_as_with_fixed_padding():
     """Stage 1 in loss.mode=masked: a batch cut to its bucket (8 tokens) gives the loss of the same batch padded
-    to 16; tinybert mode averages over the padded elements too, so there the bucket changes the value."""
+    to 16 (every term); tinybert mode averages over the padded elements too, so there the bucket changes it."""
     arrays = task_arrays(count=4, seq_len=16, seed=2)
     arrays["attention_mask"][:, 8:] = 0
     arrays["input_ids"] *= arrays["attention_mask"]
     full = {name: jnp.asarray(arrays[name]) for name in ("input_ids", "token_type_ids", "attention_mask")}
     cut = {name: value[:, :8] for name, value in full.items()}
-    masked_full, masked_cut = distill_metrics("masked", full), distill_metrics("masked", cut)
+    masked_full, masked_cut = distill_losses("masked", (full, cut))
     for name, value in masked_full.items():
         assert masked_cut[name] == pytest.approx(value, rel=1e-5), name
-    tinybert_full, tinybert_cut = distill_metrics("tinybert", full), distill_metrics("tinybert", cut)
+    tinybert_full, tinybert_cut = distill_losses("tinybert", (full, cut))
     assert tinybert_cut["attention"] != pytest.approx(tinybert_full["attention"], rel=1e-3)

@@ -45,6 +45,10 @@ def save_model(directory: Path, cls_name: str, vocab=VOCAB, **overrides):
 
 
 def run_main(config, workdir, *overrides):
+    """main in process. Task pipelines run with fixed padding unless a test sets data.buckets: at these tiny sizes
+    length buckets only add compilations (tests/test_buckets.py and the tests that set it cover them)."""
+    if config in ("finetune", "task", "predict") and not any("--config.data.buckets=" in o for o in overrides):
+        overrides = ("--config.data.buckets=", *overrides)
     return in_process.run_main([f"--config=configs/{config}.py", f"--workdir={workdir}", *overrides])
 
 
@@ -84,11 +88,12 @@ def test_two_stage_distillation_end_to_end(finetuned):
             "--config.augment.n_a=3", "--config.augment.max_seq_len=64", "--config.stage1.batch_size=16", "--config.stage1.num_epochs=2",
             "--config.stage1.optimizer.learning_rate=1e-3", "--config.stage2.batch_size=16",
             "--config.stage2.num_epochs=4", "--config.stage2.optimizer.learning_rate=2e-3",
-            "--config.eval.every_steps=50", "--config.log.every_steps=10"]
+            "--config.eval.every_steps=50", "--config.log.every_steps=10", "--config.data.buckets=auto"]
     result = run_main("task", workdir, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     assert report["retention_percent"] >= 90.0, report
+    assert "batch shape(s) in" in result.stdout  # length buckets, each shape compiled before the first step
     augmented = json.loads((workdir / "augmented" / "metadata.json").read_text())
     assert augmented["count"] > 160
 

@@ -1,8 +1,8 @@
-"""python -m tinybert_jax.bench {step,inference,data,augment,all} [options] [--json=FILE]
+"""python -m tinybert_jax.bench {step,inference,data,augment,task,all} [options] [--json=FILE]
 
 Each sub-benchmark prints a table and, with --json, writes its numbers (the step's under `step`, e.g.
 `step.examples_per_s`). Warm-up calls are excluded; medians are reported with min/max over the repetitions.
-`all` is step, inference and data; `augment` (minutes at BERT-base size on a CPU) runs on its own.
+`all` is step, inference and data; `augment` and `task` (minutes at BERT-base size on a CPU) run on their own.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 
 import jax
 
-from tinybert_jax.bench import augment, data, inference, step
+from tinybert_jax.bench import augment, data, inference, step, task
 from tinybert_jax.bench.timing import matmul_ceiling
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig
@@ -128,9 +128,34 @@ def run_augment(args, teacher, student, results) -> None:
     ]))
 
 
+def run_task(args, teacher, student, results) -> None:
+    r = task.bench_stage1(teacher, student, args.task_batch, args.task_steps, args.task_sentences, args.buckets,
+                          args.tokenizer)
+    r["augment"] = task.bench_augment_devices(teacher, args.sentences, args.augment_batch, (1, 8), args.mlm,
+                                              args.glove)
+    results["task"] = r
+    rows = []
+    for kind in ("single", "pair"):
+        k = r[kind]
+        rows += [(f"{kind}: seq_len, mean real length", f"{k['seq_len']}, {k['mean_length']:.1f} "
+                                                       f"({k['examples']} examples)"),
+                 (f"{kind}: fixed padding", f"{k['fixed']['examples_per_s']:.2f} examples/s"),
+                 (f"{kind}: bucketed", f"{k['bucketed']['examples_per_s']:.2f} examples/s "
+                                       f"(mean padded length {k['bucketed']['mean_padded_length']:.1f}, "
+                                       f"{k['bucketed']['shapes']} shapes compiled in "
+                                       f"{k['bucketed']['compile_and_first_steps_s']:.1f} s)"),
+                 (f"{kind}: speed-up / ideal", f"{k['speedup']:.2f}x / {k['ideal']:.2f}x "
+                                               f"({k['fraction_of_ideal']:.0%} of ideal)")]
+    rates = r["augment"]["sentences_per_s"]
+    rows.append(("augmentation 1 / 8 devices", f"{rates['1']:.2f} / {rates['8']:.2f} sentences/s "
+                                               f"({r['augment']['speedup']:.2f}x)"))
+    print(table(f"task: stage-1 step, batch {args.task_batch}, {args.task_steps} steps, buckets {args.buckets}",
+                rows))
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tinybert_jax.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=("step", "inference", "data", "augment", "all"))
+    parser.add_argument("benchmark", choices=("step", "inference", "data", "augment", "task", "all"))
     parser.add_argument("--vs-pytorch", action="store_true", help="step: also time the PyTorch reference "
                         "(tinybert recipe)")
     parser.add_argument("--recipe", choices=("tinybert", "distilbert", "minilm_v1", "minilm_v2"), default="tinybert",
@@ -149,7 +174,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--source", default="embedded", help="data: corpus (as data.source)")
-    parser.add_argument("--tokenizer", default="", help="data: tokenizer dir ('' = WordPiece trained on the corpus)")
+    parser.add_argument("--tokenizer", default="", help="data and task: tokenizer dir ('' = WordPiece trained on the "
+                                                    "corpus)")
     parser.add_argument("--mlm", default="", help="augment: BertForMaskedLM directory ('' = random init of "
                                                   "--teacher size)")
     parser.add_argument("--glove", default="", help="augment: GloVe text file ('' = random vectors)")
@@ -157,6 +183,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reference-sentences", type=int, default=None,
                         help="augment: time the one-mask-per-forward reference on this many (default all)")
     parser.add_argument("--augment-batch", type=int, default=64, help="augment: masked inputs per forward")
+    parser.add_argument("--task-batch", type=int, default=32, help="task: stage-1 batch")
+    parser.add_argument("--task-steps", type=int, default=16, help="task: timed steps per padding")
+    parser.add_argument("--task-sentences", type=int, default=2048, help="task: corpus sentences")
+    parser.add_argument("--buckets", default="auto", help="task: data.buckets")
     parser.add_argument("--json", default="", help="write the results here")
     return parser.parse_args(argv)
 
@@ -176,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}}
     chosen = ("step", "inference", "data") if args.benchmark == "all" else (args.benchmark,)
-    runners = {"step": run_step, "inference": run_inference, "data": run_data, "augment": run_augment}
+    runners = {"step": run_step, "inference": run_inference, "data": run_data, "augment": run_augment,
+               "task": run_task}
     for name in chosen:
         runners[name](args, teacher, student, results)
     if args.json:
