@@ -2,6 +2,7 @@
 import importlib.metadata
 import json
 import math
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from test_general import write_corpus
 from test_task import FILLER, VOCAB, save_model
 from tinybert_jax.bench.__main__ import main as bench_main
+from tinybert_jax.bench.machine import cpu_description
 
 TINY = ["--teacher=2,32,64,4", "--student=1,16,32,4", "--vocab=120", "--batch=4", "--seq-len=16", "--reps=2",
         "--warmup=1", "--inference-batches", "4", "1"]
@@ -66,7 +68,7 @@ def test_all_benchmarks_at_tiny_sizes(tmp_path, capsys):
                                                  rel_tol=1e-9)
     machine = report["machine"]
     assert machine["jax"] == importlib.metadata.version("jax") and machine["cpus"] >= 1
-    assert machine["platform"] and machine["devices"]
+    assert machine["platform"] and machine["devices"] and machine["cpu_model"] and isinstance(machine["isa"], list)
     inference = report["inference"]
     assert inference["teacher_params"] > inference["student_params"]
     assert set(inference["batches"]) == {"batch 4", "batch 1"}
@@ -134,3 +136,30 @@ def test_task_benchmark_at_tiny_sizes(tmp_path, capsys):
         assert r["fixed"]["mean_padded_length"] == seq_len and r["bucketed"]["mean_padded_length"] < seq_len
     assert set(report["augment"]["sentences_per_s"]) == {"1", "8"}
     assert "speed-up / ideal" in result.stdout
+
+
+def test_machine_description_names_the_cpu_generation_and_its_vector_extensions():
+    zen3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n" \
+           "flags\t\t: fpu sse2 avx fma avx2 bmi2\n"
+    assert cpu_description(zen3) == ("AMD EPYC (family 25 model 1)", ["avx", "avx2", "fma"])
+    sapphire = "model name\t: Intel(R) Xeon(R) Platinum 8480+\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: avx2 " \
+               "avx512f avx512_bf16 avx512_fp16 amx_tile amx_bf16 fma avx\n"
+    assert cpu_description(sapphire)[1] == ["avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16",
+                                            "amx_tile", "amx_bf16"]
+
+
+@pytest.mark.slow
+def test_accelerator_script_runs_at_ci_size_without_an_accelerator(tmp_path):
+    """benchmarks/accelerator.sh on a CPU: tiny sizes, said so in `device`, every section of the JSON present."""
+    result = subprocess.run(["bash", "benchmarks/accelerator.sh", str(tmp_path / "out")], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "accelerator.json").read_text())
+    assert report["device"].startswith("cpu (no accelerator") and report["machine"]["isa"] is not None
+    step = report["step"]
+    assert step["largest_batch"] == 16 and 0 < step["mfu"] and 0 < step["largest_batch_mfu"]
+    assert set(report["inference"]) == {"batch 8", "batch 1"} and all(v > 0 for v in report["inference"].values())
+    assert report["augment"]["same_outputs"] is True and report["augment"]["speedup"] > 0
+    for kind in ("single", "pair"):
+        assert report["task"][kind]["speedup"] > 0 and report["task"][kind]["ideal"] > 1
+    assert report["seconds"] < 600

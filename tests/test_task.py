@@ -88,7 +88,7 @@ def test_two_stage_distillation_end_to_end(finetuned):
             "--config.augment.n_a=3", "--config.augment.max_seq_len=64", "--config.stage1.batch_size=16", "--config.stage1.num_epochs=2",
             "--config.stage1.optimizer.learning_rate=1e-3", "--config.stage2.batch_size=16",
             "--config.stage2.num_epochs=4", "--config.stage2.optimizer.learning_rate=2e-3",
-            "--config.eval.every_steps=50", "--config.log.every_steps=10", "--config.data.buckets=auto"]
+            "--config.eval.every_steps=50", "--config.log.every_steps=10", "--config.data.buckets=16"]
     result = run_main("task", workdir, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())

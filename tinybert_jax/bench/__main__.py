@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 
-import jax
-
 from tinybert_jax.bench import augment, data, inference, step, task
+from tinybert_jax.bench.machine import machine_info
 from tinybert_jax.bench.timing import matmul_ceiling
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig
@@ -203,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}}
+    results = {"machine": machine_info()}
+    print(f"machine: {results['machine']['cpu_model']}, {results['machine']['cpus']} CPUs, "
+          f"{' '.join(results['machine']['isa'])}; {results['machine']['device']}")
     chosen = ("step", "inference", "data") if args.benchmark == "all" else (args.benchmark,)
     runners = {"step": run_step, "inference": run_inference, "data": run_data, "augment": run_augment,
                "task": run_task}

@@ -35,10 +35,10 @@ def corpus_sentences(count: int) -> list[str]:
     return chosen
 
 
-def write_random_glove(path: Path, dim: int, seed: int = 0) -> Path:
-    """Random vectors for the embedded corpus's distinct lower-cased alphabetic words (at most 100k)."""
+def write_random_glove(path: Path, dim: int, seed: int = 0, corpus: str = "embedded") -> Path:
+    """Random vectors for the corpus's distinct lower-cased alphabetic words (at most 100k)."""
     words: dict[str, None] = {}
-    for document in iter_documents("embedded", CorpusStats()):
+    for document in iter_documents(corpus, CorpusStats()):
         for sentence in document:
             for a, b in split_words(sentence):
                 if sentence[a:b].isalpha() and len(words) < DEFAULT_MAX_WORDS:
@@ -50,12 +50,15 @@ def write_random_glove(path: Path, dim: int, seed: int = 0) -> Path:
     return path
 
 
-def build_augmenter(tmp: Path, mlm: str, glove: str, size: BertConfig, batch: int, max_seq_len: int) -> Augmenter:
+def build_augmenter(tmp: Path, mlm: str, glove: str, size: BertConfig, batch: int, max_seq_len: int,
+                    corpus: str = "embedded") -> Augmenter:
+    """The given MLM and GloVe file, or a random MLM over a WordPiece vocabulary and random vectors for the words
+    of `corpus` (a data source)."""
     settings = dict(batch_size=batch, max_seq_len=max_seq_len)
-    glove = glove or str(write_random_glove(tmp / "glove.txt", RANDOM_GLOVE_DIM))
+    glove = glove or str(write_random_glove(tmp / "glove.txt", RANDOM_GLOVE_DIM, corpus=corpus))
     if mlm:
         return load_augmenter(mlm, glove, **settings)
-    tokenizer_dir = train_wordpiece("embedded", tmp / "tokenizer", vocab_size=size.vocab_size)
+    tokenizer_dir = train_wordpiece(corpus, tmp / "tokenizer", vocab_size=size.vocab_size)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     # The model keeps the requested vocabulary size (the MLM head's cost) even if the corpus yields fewer pieces.
     cfg = size.replace(vocab_size=max(size.vocab_size, len(tokenizer)), mlm_head=True, pooler=False)
@@ -64,13 +67,14 @@ def build_augmenter(tmp: Path, mlm: str, glove: str, size: BertConfig, batch: in
 
 
 def bench_augment(size: BertConfig, sentences: int, reference_sentences: Optional[int], batch: int,
-                  max_seq_len: int, mlm: str = "", glove: str = "") -> dict:
+                  max_seq_len: int, mlm: str = "", glove: str = "", corpus: str = "embedded") -> dict:
     """Sentences/s of both paths, each timed once after compiling every shape it needs; the reference runs on
-    the first `reference_sentences` sentences (None: all) when it is too slow to run on all of them."""
+    the first `reference_sentences` sentences (None: all) when it is too slow to run on all of them. `corpus` is
+    what a random MLM's vocabulary and random GloVe vectors are made from."""
     texts = corpus_sentences(sentences)
     subset = texts[:reference_sentences] if reference_sentences else texts
     with tempfile.TemporaryDirectory() as tmp:
-        augmenter = build_augmenter(Path(tmp), mlm, glove, size, batch, max_seq_len)
+        augmenter = build_augmenter(Path(tmp), mlm, glove, size, batch, max_seq_len, corpus)
         start = time.perf_counter()
         augmenter.warm_up(texts)
         compile_s = time.perf_counter() - start

@@ -65,9 +65,9 @@ def recipe_spec(recipe: str, teacher: BertConfig, student: BertConfig, relation_
 
 
 def build_step(teacher: BertConfig, student: BertConfig, teacher_dtype: str = "float32", recipe: str = "tinybert",
-               relation_heads: int = 48):
+               relation_heads: int = 48, student_dtype: str = "float32"):
     """(compiled-on-first-call step, state, teacher params, spec) on a mesh over all local devices."""
-    spec = recipe_spec(recipe, teacher, student, relation_heads)
+    spec = recipe_spec(recipe, teacher, student.replace(dtype=student_dtype), relation_heads)
     teacher_params = init_params(spec.teacher, jax.random.PRNGKey(1))
     teacher_cfg, teacher_params = trim_teacher(spec.teacher, teacher_params,
                                                teacher_layers_needed(spec.matches, spec.teacher)[0],
@@ -89,8 +89,9 @@ def build_step(teacher: BertConfig, student: BertConfig, teacher_dtype: str = "f
 
 def bench_step(teacher: BertConfig, student: BertConfig, batch: int, seq_len: int, reps: int, warmup: int,
                ceiling_flops_per_s: float, teacher_dtype: str = "float32", recipe: str = "tinybert",
-               relation_heads: int = 48) -> dict:
-    step, state, teacher_params, spec, mesh = build_step(teacher, student, teacher_dtype, recipe, relation_heads)
+               relation_heads: int = 48, student_dtype: str = "float32") -> dict:
+    step, state, teacher_params, spec, mesh = build_step(teacher, student, teacher_dtype, recipe, relation_heads,
+                                                         student_dtype)
     host_batch = random_batch(teacher.vocab_size, batch, seq_len)
     device_batch = sharding.global_batch(host_batch, mesh)
 

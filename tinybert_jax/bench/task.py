@@ -54,12 +54,12 @@ def steps_per_s(step, state, teacher_params, batches: list[dict], mesh) -> tuple
 
 
 def bench_stage1(teacher: BertConfig, student: BertConfig, batch: int, steps: int, sentences: int,
-                 buckets: str, tokenizer_dir: str = "") -> dict:
+                 buckets: str, tokenizer_dir: str = "", corpus: str = "embedded") -> dict:
     """examples/s of the TinyBERT stage-1 step on fixed-padded and on bucketed batches, per length distribution
-    (tokenizer_dir: a tokenizer to use; "" = WordPiece trained on the corpus)."""
+    (tokenizer_dir: a tokenizer to use; "" = WordPiece trained on `corpus`, a data source)."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_tokenizer(tokenizer_dir or str(train_wordpiece("embedded", Path(tmp) / "tokenizer",
+        tokenizer = load_tokenizer(tokenizer_dir or str(train_wordpiece(corpus, Path(tmp) / "tokenizer",
                                                                         vocab_size=teacher.vocab_size)))
     texts = corpus_sentences(sentences)
     for kind, seq_len, pair in KINDS:

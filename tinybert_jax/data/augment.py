@@ -474,15 +474,16 @@ def write_augmented(out_dir: str | Path, count: int, chunk_records: Callable[[in
                 "chunk_size": chunk_size, **fields}
     starts = list(range(0, count, chunk_size))
     _open_parts(parts, identity)
-    mine = [start for start in starts[jax.process_index()::jax.process_count()]
-            if not (parts / _part_name(start, ".json")).is_file()]
-    with tqdm(total=count, initial=count - sum(min(chunk_size, count - start) for start in mine), desc="augment",
+    share = starts[jax.process_index()::jax.process_count()]
+    todo = [start for start in share if not (parts / _part_name(start, ".json")).is_file()]
+    size = lambda start: min(chunk_size, count - start)
+    # process 0's bar: its share of the sentences, those saved before counted as done, the rate over completed ones
+    with tqdm(total=sum(map(size, share)), initial=sum(map(size, share)) - sum(map(size, todo)),
+              desc="augment" + (f" (1/{jax.process_count()} of the data)" if jax.process_count() > 1 else ""),
               unit="sentence", smoothing=0.1, disable=not distributed.is_leader()) as bar:
-        for start in mine:
-            stop = min(start + chunk_size, count)
-            _write_part(parts, start, stop, chunk_records)
-            # every process advances the leader's bar by what it finished: a rate of completed sentences
-            bar.update((stop - start) * jax.process_count() if jax.process_count() > 1 else stop - start)
+        for start in todo:
+            _write_part(parts, start, start + size(start), chunk_records)
+            bar.update(size(start))
     distributed.barrier("augmentation parts written")
     metadata = None
     if distributed.is_leader():

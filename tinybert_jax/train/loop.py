@@ -78,6 +78,7 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
                 state, metrics = step_fn(state, sharding.global_batch(next(data_iterator), mesh))
                 if unchecked is not None:  # read one step late: the device runs this step meanwhile
                     check_finite(*unchecked, checkpoints)
+                    bar.update(1)  # the bar counts steps whose results were read: completed, not dispatched
                 final = step == settings.num_steps
                 stopping = not final and stop_requests.reached(step)
                 logging_now = step % settings.log_every_steps == 0 or final or stopping
@@ -89,6 +90,7 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
                     # Nothing is logged, evaluated or saved from a state that a non-finite step produced.
                     values = check_finite(*unchecked, checkpoints)
                     unchecked = None
+                    bar.update(1)
                 if logging_now:
                     now = time.perf_counter()
                     values["examples_per_s"] = ((step - last_log_step) * settings.global_batch_size /
@@ -107,7 +109,6 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
                     writer.write(step, {f"dev/{name}": value for name, value in evaluate(state, step).items()})
                 if saving:
                     checkpoints.save(step, state, data_iterator, meta, force=final or stopping)
-                bar.update(1)
                 if stopping:
                     raise Preempted(f"{stop_requests.received}: stopped after step {step} of {settings.num_steps} "
                                     f"({settings.desc}) with a checkpoint in {checkpoints.directory}; run the same "
