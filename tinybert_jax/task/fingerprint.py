@@ -104,6 +104,8 @@ def task_fingerprints(config, task, train, seq_len: int, teacher_params: Any, pe
     stage1 = {**augmented, **teacher, "student.init": str(config.student.init),
               "student.weights": digest_arrays(student_params),
               "projection.weights": None if projection is None else digest_arrays(projection),
-              "dtype": config.dtype, "data.buckets": str(config.data.buckets), "layer_map": str(config.layer_map), "loss.preset": config.loss.preset,
+              "dtype": config.dtype, "layer_map": str(config.layer_map), "loss.preset": config.loss.preset,
               "loss.mode": config.loss.mode, "loss.matches": "; ".join(match_entries(config.loss.matches))}
+    if str(config.data.buckets).strip() not in ("", "0"):  # absent for fixed padding: older stage-1 runs resume
+        stage1["data.buckets"] = str(config.data.buckets)
     return {"augmented": augmented, "stage1": stage1, "teacher_logits": {**augmented, **teacher}}
