@@ -53,10 +53,10 @@ _TIED_DECODER = "cls.predictions.decoder.weight"
 _IGNORED = ((re.compile(r"^embeddings\.position_ids$"), None),
             (re.compile(r"^cls\.seq_relationship\."), "the next-sentence-prediction head"),
             (re.compile(r"^fit_denses?\."), "TinyBERT's fit_dense training projection"))
-# task head -> (Hugging Face name of its linear layer, architecture)
+# task head -> the Hugging Face name of its linear layer, and the architecture (class) of a model with it
 _HEAD_NAMES = {"sequence": "classifier", "token": "classifier", "span": "qa_outputs"}
-_ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification",
-                  "span": "BertForQuestionAnswering"}
+ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification",
+              "span": "BertForQuestionAnswering"}
 _NOT_IN_HF_CONFIG = ("dtype", "param_dtype", "pooler", "mlm_head", "num_labels", "task_head")
 _REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                          "intermediate_size")
@@ -136,7 +136,7 @@ def _check_field_types(values: dict, config_file: Path) -> None:
 
 def config_to_hf(cfg: BertConfig, id2label: Optional[dict[int, str]] = None) -> dict:
     if cfg.num_labels:
-        architecture = _ARCHITECTURES[cfg.task_head]
+        architecture = ARCHITECTURES[cfg.task_head]
     elif cfg.mlm_head:
         architecture = "BertForMaskedLM"
     else:

@@ -24,8 +24,6 @@ from tinybert_jax.train.loop import LoopRecord
 # the transformers class that loads an export, per task head
 AUTO_CLASSES = {"sequence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification",
                 "span": "AutoModelForQuestionAnswering"}
-_HEAD_NAMES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification",
-               "span": "BertForQuestionAnswering"}
 
 
 def load_classifier(path: str, key: str, task: glue.GlueTask, hint: str = "") -> tuple[Path, BertConfig, dict,
@@ -36,8 +34,8 @@ def load_classifier(path: str, key: str, task: glue.GlueTask, hint: str = "") ->
     directory = hf_checkpoint.resolve_checkpoint_dir(path)
     cfg, params = convert.load_hf_bert(str(directory))
     if cfg.num_labels and cfg.task_head != task.head:
-        raise InputError(f"{key}={path}: a {_HEAD_NAMES[cfg.task_head]}, but {task.name} needs a "
-                         f"{_HEAD_NAMES[task.head]}{hint}")
+        raise InputError(f"{key}={path}: a {convert.ARCHITECTURES[cfg.task_head]}, but {task.name} needs a "
+                         f"{convert.ARCHITECTURES[task.head]}{hint}")
     if cfg.num_labels != task.num_labels:
         raise InputError(f"{key}={path}: a classifier with {cfg.num_labels} output(s) (0 = no classifier head), but "
                          f"{task.name} needs {task.num_labels}{hint}")
