@@ -162,6 +162,15 @@ def test_custom_task_fine_tune_and_distil_end_to_end(tmp_path):
     assert transformers.AutoConfig.from_pretrained(workdir / "export").id2label == config.id2label
 
 
+def fine_tune_custom(tmp_path, data, *overrides):
+    """Fine-tunes a tiny pre-trained BERT on the custom task in `data` into tmp_path/teacher (25 epochs)."""
+    pretrained = save_model(tmp_path / "pretrained", "BertForMaskedLM", vocab=VOCAB)
+    return run_main("finetune", tmp_path / "teacher", "--config.task=custom", f"--config.data.source={data}",
+                    f"--config.teacher.path={pretrained}", "--config.data.seq_len=24", "--config.train.batch_size=32",
+                    "--config.train.num_epochs=25", "--config.optimizer.learning_rate=2e-3",
+                    "--config.eval.every_steps=50", *overrides)
+
+
 def test_custom_regression_pairs_from_jsonl_fine_tune(tmp_path):
     """A pair task whose score (0..7) is given by the topic word of the first text, read from JSONL."""
     rng = np.random.default_rng(1)
@@ -172,13 +181,9 @@ def test_custom_regression_pairs_from_jsonl_fine_tune(tmp_path):
         rows = [{"first": text, "second": " ".join(rng.choice(FILLER, 3)), "score": sorted(TOPICS).index(label)}
                 for text, label in zip(texts, labels)]
         write_jsonl(data / f"{split}.jsonl", rows)
-    pretrained = save_model(tmp_path / "pretrained", "BertForMaskedLM", vocab=VOCAB)
-    result = run_main("finetune", tmp_path / "teacher", "--config.task=custom", f"--config.data.source={data}",
-                      "--config.data.text_columns=first,second", "--config.data.label_column=score",
-                      "--config.data.regression=True", "--config.data.metric=pearson_spearman",
-                      f"--config.teacher.path={pretrained}", "--config.data.seq_len=24",
-                      "--config.train.batch_size=32", "--config.train.num_epochs=25",
-                      "--config.optimizer.learning_rate=2e-3", "--config.eval.every_steps=50")
+    result = fine_tune_custom(tmp_path, data, "--config.data.text_columns=first,second",
+                              "--config.data.label_column=score", "--config.data.regression=True",
+                              "--config.data.metric=pearson_spearman")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "teacher" / "report.json").read_text())
     assert report["score"] > 0.8 and set(report["scores"]["dev"]) == {"pearson_spearman_mean", "pearson", "spearman"}
@@ -216,11 +221,7 @@ def test_custom_pair_classification_from_tsv_fine_tune(tmp_path):
         texts, labels = topic_rows(rng, size)
         write_csv(data / f"{split}.tsv", ["premise", "hypothesis", "label"],
                   [[" ".join(rng.choice(FILLER, 4)), text, label] for text, label in zip(texts, labels)], "\t")
-    pretrained = save_model(tmp_path / "pretrained", "BertForMaskedLM", vocab=VOCAB)
-    result = run_main("finetune", tmp_path / "teacher", "--config.task=custom", f"--config.data.source={data}",
-                      "--config.data.text_columns=premise,hypothesis", f"--config.teacher.path={pretrained}",
-                      "--config.data.seq_len=24", "--config.train.batch_size=32", "--config.train.num_epochs=25",
-                      "--config.optimizer.learning_rate=2e-3", "--config.eval.every_steps=50")
+    result = fine_tune_custom(tmp_path, data, "--config.data.text_columns=premise,hypothesis")
     assert result.returncode == 0, result.stderr[-3000:]
     # chance is 1/8: the label has to be read from the second segment
     assert json.loads((tmp_path / "teacher" / "report.json").read_text())["score"] >= 0.6
