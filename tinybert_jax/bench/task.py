@@ -3,12 +3,14 @@ devices.
 
 The examples are the embedded corpus's sentences (5..40 words, tokenised with a WordPiece vocabulary trained on
 the corpus): single sentences at 64 tokens and consecutive sentence pairs at 128, the lengths of TinyBERT's task
-stages. Fixed padding runs every batch at the full length; bucketed batches come from the task iterator with
-`data.buckets` and run at their bucket's length, each shape compiled (and timed) before the timed steps. `ideal`
-is the no-padding bound: seq_len / the mean real length.
+stages. Fixed padding runs every batch at the full length; bucketed batches are the task iterator's with
+`data.buckets` (its plan, built here without Grain, which the accelerator hosts may lack) and run at their bucket's
+length, each shape compiled (and timed) before the timed steps. `ideal` is the no-padding bound: seq_len / the
+mean real length.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -24,10 +26,11 @@ from tinybert_jax import sharding
 from tinybert_jax.bench.augment import corpus_sentences
 from tinybert_jax.bench.step import build_step
 from tinybert_jax.data.glue import TaskExamples, encode
+from tinybert_jax.data.loader import bucket_plan
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.data.wordpiece import train_wordpiece
 from tinybert_jax.models.bert import BertConfig
-from tinybert_jax.task.data import bucket_lengths, train_iterator
+from tinybert_jax.task.data import Arrays, bucket_lengths, cut_rows, example_buckets
 
 KINDS = (("single", 64, False), ("pair", 128, True))
 
@@ -36,6 +39,20 @@ def task_arrays(tokenizer, sentences: list[str], seq_len: int, pair: bool) -> di
     texts_a, texts_b = (sentences[0::2], sentences[1::2]) if pair else (sentences, None)
     count = len(texts_b) if pair else len(texts_a)
     return encode(TaskExamples(texts_a[:count], texts_b, np.zeros(count, np.int32)), tokenizer, seq_len)
+
+
+def planned_batches(arrays: Arrays, batch: int, steps: int, lengths: tuple[int, ...]) -> list[Arrays]:
+    """The first `steps` batches (seed 0) of the task iterator with buckets `lengths`: its plan
+    (`loader.bucket_plan`), without Grain. With the one bucket seq_len, fixed-padding batches of shuffled examples
+    like the iterator's without buckets (which draws Grain's permutation instead); a step's time depends only on
+    their shapes."""
+    which = example_buckets(arrays, lengths)
+    batches = []
+    for epoch in itertools.count():
+        indices, buckets = bucket_plan(which, len(lengths), batch, 0, epoch)
+        batches += [cut_rows(arrays, rows, lengths[bucket]) for rows, bucket in zip(indices, buckets)]
+        if len(batches) >= steps:
+            return batches[:steps]
 
 
 def steps_per_s(step, state, teacher_params, batches: list[dict], mesh) -> tuple[float, float, object]:
@@ -72,9 +89,8 @@ def bench_stage1(teacher: BertConfig, student: BertConfig, batch: int, steps: in
                                                                                          len(tokenizer))))
         lengths = bucket_lengths(buckets, seq_len)
         measured = {}
-        for name, setting in (("fixed", None), ("bucketed", lengths)):
-            iterator = train_iterator(inputs, batch, seed=0, buckets=setting)
-            batches = [next(iterator) for _ in range(steps)]
+        for name, setting in (("fixed", (seq_len,)), ("bucketed", lengths)):
+            batches = planned_batches(inputs, batch, steps, setting)
             compile_s, step_s, state = steps_per_s(step, state, teacher_params, batches, mesh)
             measured[name] = {"examples_per_s": batch / step_s, "step_s": step_s,
                               "compile_and_first_steps_s": compile_s,

@@ -55,7 +55,7 @@ from tinybert_jax import distributed, sharding
 from tinybert_jax.data import shards
 from tinybert_jax.data.glove import GloveIndex, load_glove
 from tinybert_jax.data.loader import METADATA_FILE
-from tinybert_jax.data.prepare import ArrayRecordWriter, load_tokenizer
+from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.errors import InputError
 from tinybert_jax.files import atomic_output_dir, read_json
 from tinybert_jax.models.bert import Bert, BertConfig, unstack_layers
@@ -516,7 +516,7 @@ def _write_part(parts: Path, start: int, stop: int, chunk_records) -> None:
     stats = AugmentStats()
     shard, tmp = parts / _part_name(start, ".array_record"), parts / _part_name(start, ".array_record.tmp")
     written = 0
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")  # one record per chunk: fast random access
+    writer = shards.writer(tmp)
     try:
         for record in chunk_records(start, stop, stats):
             writer.write(json.dumps(record).encode())

@@ -17,13 +17,15 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
-import ml_collections
 import numpy as np
 
 from tinybert_jax.data.glue import GlueTask, TaskExamples, parse_score
 from tinybert_jax.errors import InputError
+
+if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this module on hosts without it
+    import ml_collections
 
 NAME = "custom"
 FORMATS = ("csv", "tsv", "jsonl")

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import grain
 import numpy as np
 
 from tinybert_jax.data import shards
 from tinybert_jax.errors import InputError
 from tinybert_jax.files import is_empty_dir, read_json
+
+if TYPE_CHECKING:  # the iterators below import grain when called: see _grain
+    import grain
 
 METADATA_FILE = "metadata.json"
 TOKEN_COUNTS_FILE = "token_counts.npy"  # int64 [vocab_size]: occurrences of each token id in the sequences
@@ -113,6 +115,14 @@ def decode_records(records: list[bytes], seq_len: int, pad_id: int) -> dict[str,
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 
 
+def _grain():
+    # Imported when an iterator is made, not with this module: data.prepare and data.augment import this module
+    # for the metadata format, and the accelerator benchmark (which reads no prepared data) imports those on
+    # hosts without grain.
+    import grain
+    return grain
+
+
 def global_batches(source, global_batch_size: int, seed: int, rows: slice, batch_fn: Callable[[list], Any],
                    read_options: grain.ReadOptions) -> grain.DatasetIterator:
     """An endless iterator of this process's rows of every global batch.
@@ -126,6 +136,7 @@ def global_batches(source, global_batch_size: int, seed: int, rows: slice, batch
     if len(source) < global_batch_size:
         raise InputError(f"{len(source)} examples are fewer than one global batch of {global_batch_size}; use more "
                          f"data or a smaller batch")
+    grain = _grain()
     records = grain.MapDataset.source(source).shuffle(seed).repeat()
     offsets = range(rows.start, rows.stop)
     # Shuffle before repeat: repeat hands shuffle indices past the first epoch, and shuffle folds the epoch
@@ -154,29 +165,36 @@ def bucketed_batches(example_buckets: np.ndarray, num_buckets: int, global_batch
         raise InputError(f"{count} examples are fewer than one global batch of {global_batch_size}; use more "
                          f"data or a smaller batch")
     per_epoch = -(-count // global_batch_size)
-
-    @functools.lru_cache(maxsize=2)  # Grain's threads read batches of one or two epochs at a time
-    def epoch_plan(epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng((seed, epoch))
-        order = rng.permutation(count)
-        batches, buckets, carry = [], [], order[:0]
-        for bucket in range(num_buckets):
-            members = np.concatenate([carry, order[example_buckets[order] == bucket]])
-            full = len(members) - len(members) % global_batch_size
-            batches += np.split(members[:full], full // global_batch_size) if full else []
-            buckets += [bucket] * (full // global_batch_size)
-            carry = members[full:]
-        if len(carry):
-            batches.append(np.concatenate([carry, order[:global_batch_size - len(carry)]]))
-            buckets.append(num_buckets - 1)
-        shuffled = rng.permutation(per_epoch)
-        return np.stack(batches)[shuffled], np.asarray(buckets)[shuffled]
+    # the last two epochs' plans: Grain's threads read batches of one or two epochs at a time
+    epoch_plan = functools.lru_cache(maxsize=2)(
+        functools.partial(bucket_plan, example_buckets, num_buckets, global_batch_size, seed))
 
     def batch(j: int) -> Any:
         indices, buckets = epoch_plan(j // per_epoch)
         return batch_fn(indices[j % per_epoch][rows], int(buckets[j % per_epoch]))
 
-    return iter(grain.MapDataset.range(2**62).map(batch).to_iter_dataset(read_options))
+    return iter(_grain().MapDataset.range(2**62).map(batch).to_iter_dataset(read_options))
+
+
+def bucket_plan(example_buckets: np.ndarray, num_buckets: int, global_batch_size: int, seed: int,
+                epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch `epoch` of `bucketed_batches`: (the examples of each global batch [ceil(N / batch), batch], the bucket
+    of each batch), in the order the iterator yields them."""
+    count = len(example_buckets)
+    rng = np.random.default_rng((seed, epoch))
+    order = rng.permutation(count)
+    batches, buckets, carry = [], [], order[:0]
+    for bucket in range(num_buckets):
+        members = np.concatenate([carry, order[example_buckets[order] == bucket]])
+        full = len(members) - len(members) % global_batch_size
+        batches += np.split(members[:full], full // global_batch_size) if full else []
+        buckets += [bucket] * (full // global_batch_size)
+        carry = members[full:]
+    if len(carry):
+        batches.append(np.concatenate([carry, order[:global_batch_size - len(carry)]]))
+        buckets.append(num_buckets - 1)
+    shuffled = rng.permutation(len(batches))
+    return np.stack(batches)[shuffled], np.asarray(buckets)[shuffled]
 
 
 def make_train_iterator(prepared_dir: str | Path, global_batch_size: int, seed: int, rows: Optional[slice] = None,
@@ -192,6 +210,7 @@ def make_train_iterator(prepared_dir: str | Path, global_batch_size: int, seed: 
         raise InputError(f"data seed {seed} is outside [0, 2**32); choose a non-negative 32-bit seed")
     paths = [Path(prepared_dir) / name for name in metadata["shards"]]
     seq_len, pad_id = metadata["seq_len"], metadata["tokenizer"]["pad_id"]
+    grain = _grain()
     try:
         return global_batches(grain.sources.ArrayRecordDataSource([str(p) for p in paths]), global_batch_size,
                               seed, rows or slice(0, global_batch_size),

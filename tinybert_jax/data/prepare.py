@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from tinybert_jax import hf_checkpoint
+from tinybert_jax.data import shards
 from tinybert_jax.data.corpus import TFDS_PREFIX, CorpusStats, iter_documents
 from tinybert_jax.data.loader import FORMAT_VERSION, METADATA_FILE, TOKEN_COUNTS_FILE, check_prepared
 from tinybert_jax.errors import InputError, run_cli
@@ -270,7 +270,7 @@ class ShardWriter:
     def __init__(self, out_dir: Path, records_per_shard: int):
         self._out_dir = out_dir
         self._records_per_shard = records_per_shard
-        self._writer: Optional[ArrayRecordWriter] = None
+        self._writer = None  # the open shard's ArrayRecordWriter (shards.writer)
         self._in_shard = 0
         self.shards: list[str] = []
 
@@ -278,8 +278,7 @@ class ShardWriter:
         if self._writer is None or self._in_shard == self._records_per_shard:
             self.close()
             self.shards.append(f"sequences-{len(self.shards):05d}.array_record")
-            # group_size:1 makes every record its own chunk, which random access (shuffling) needs to be fast.
-            self._writer = ArrayRecordWriter(str(self._out_dir / self.shards[-1]), "group_size:1")
+            self._writer = shards.writer(self._out_dir / self.shards[-1])
             self._in_shard = 0
         self._writer.write(record)
         self._in_shard += 1

@@ -1,4 +1,5 @@
-"""Checks on the ArrayRecord shards a metadata.json lists, so damaged data stops a run at start-up, before any step.
+"""ArrayRecord shards: opening them, and checks on the shards a metadata.json lists, so damaged data stops a run
+at start-up, before any step.
 
 A truncated ArrayRecord file has lost its footer: its reader reports not ok and zero records (the reason comes
 from `close`); reading the last record also catches damage to the final chunk. Damage elsewhere in a shard is
@@ -9,9 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from array_record.python.array_record_module import ArrayRecordReader
-
 from tinybert_jax.errors import InputError
+
+
+def _array_record_module():
+    # Imported on first use, not with this module: the accelerator benchmark imports modules that import this one
+    # (data.augment, data.prepare), opens no shard, and runs on hosts without array_record.
+    from array_record.python import array_record_module
+    return array_record_module
+
+
+def writer(path: Path):
+    """A new shard at `path` (an ArrayRecordWriter) with every record its own chunk (group_size:1), which random
+    access (the loader's shuffled reads) needs to be fast."""
+    return _array_record_module().ArrayRecordWriter(str(path), "group_size:1")
 
 
 def checked_listing(metadata: dict[str, Any], metadata_file: Path, remedy: str) -> tuple[list[str], int]:
@@ -38,7 +50,7 @@ def _record_count(path: Path, metadata_file: Path, remedy: str) -> int:
     if not path.is_file():
         raise InputError(f"{path}: listed in {metadata_file.name} but missing; {remedy}")
     try:
-        reader = ArrayRecordReader(str(path))
+        reader = _array_record_module().ArrayRecordReader(str(path))
         ok, records = reader.ok(), reader.num_records()
         if ok and records:
             reader.read([records - 1])
@@ -53,7 +65,7 @@ def _record_count(path: Path, metadata_file: Path, remedy: str) -> int:
 
 def read_all(path: Path) -> list[bytes]:
     """Every record of a shard; a damaged one raises RuntimeError."""
-    reader = ArrayRecordReader(str(path))
+    reader = _array_record_module().ArrayRecordReader(str(path))
     try:
         return reader.read_all()
     finally:

@@ -3,10 +3,13 @@
 head, a dev metric (task/data.py) and an export class; every pipeline runs them all."""
 from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING
 
 from tinybert_jax.data import conll, custom, glue, squad
 from tinybert_jax.errors import InputError
+
+if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this module on hosts without it
+    import ml_collections
 
 # SQuAD: the two outputs are the answer's start and end; v2.0 adds questions without an answer in the context.
 _SQUAD = dict(labels=("start", "end"), text_columns=("question", "context"), label_column="", tsv_labels=(),

@@ -3,10 +3,9 @@ teacher trimmed to what they read, and what a checkpoint of the run must agree o
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax
-import ml_collections
 
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.losses import MODES
@@ -15,6 +14,9 @@ from tinybert_jax.distill.matches import (LOGIT_LOSSES, resolve_matches, teacher
 from tinybert_jax.distill.step import DistillSpec, trim_teacher
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, boxed_params
+
+if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this module on hosts without it
+    import ml_collections
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 

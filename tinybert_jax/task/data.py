@@ -8,16 +8,18 @@ computes only up to the longest example's bucket. Arrays with a token axis are l
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
-import grain
-import ml_collections
 import numpy as np
 
 from tinybert_jax.data import conll, glue, squad, tasks
 from tinybert_jax.data.loader import bucketed_batches, global_batches
 from tinybert_jax.errors import InputError
 from tinybert_jax.task import glue_metrics, span_metrics, tag_metrics
+
+if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this module on hosts without them
+    import grain
+    import ml_collections
 
 Arrays = dict[str, np.ndarray]  # input_ids, token_type_ids, attention_mask [N, T], labels [N], ...
 SINGLE_SENTENCE_SEQ_LEN, PAIR_SEQ_LEN = 64, 128
@@ -102,6 +104,8 @@ def train_iterator(arrays: Arrays, global_batch_size: int, seed: int, rows: Opti
     """Endless shuffled batches of this process's `rows` of every global batch (default: all of them), position
     checkpointable. Without buckets: reshuffled each epoch, batches may straddle epochs (`loader.global_batches`);
     with buckets: each batch from one bucket, cut to its length (`loader.bucketed_batches`)."""
+    import grain  # here, not at the top: the accelerator benchmark imports this module on hosts without grain
+
     rows = rows or slice(0, global_batch_size)
     options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
     try:

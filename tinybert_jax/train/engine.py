@@ -11,11 +11,10 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from absl import logging
 
@@ -23,8 +22,11 @@ from tinybert_jax import sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.errors import InputError
 from tinybert_jax.train.loop import LoopRecord, LoopSettings, run_loop
-from tinybert_jax.train.optimizer import make_optimizer
+from tinybert_jax.train.optimizer import OptimizerSettings, make_optimizer
 from tinybert_jax.train.state import TrainState
+
+if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this module on hosts without it
+    import ml_collections
 
 # (tx, schedule) -> step(state, [frozen,] batch) -> (state, metrics); pure, so the engine can jit and donate it.
 StepFactory = Callable[[optax.GradientTransformation, Callable], Callable[..., tuple[TrainState, dict]]]
@@ -38,7 +40,7 @@ class Job:
     directory: Path  # checkpoints/ and metrics.jsonl (+ TensorBoard events) go here
     num_steps: int
     batch_size: int  # global, over all devices and hosts
-    optimizer: ml_collections.ConfigDict
+    optimizer: OptimizerSettings
     meta: dict  # what a checkpoint here must agree on to be resumed (another run's workdir is refused)
     checkpoint_every_steps: int
     # host parameter trees by top-level key of the trainable params, replacing their random initialisation
@@ -64,7 +66,7 @@ class Result:
 
 
 def job_for(config: ml_collections.ConfigDict, desc: str, directory: Path, num_steps: int, batch_size: int,
-            optimizer: ml_collections.ConfigDict, meta: dict, **settings: Any) -> Job:
+            optimizer: OptimizerSettings, meta: dict, **settings: Any) -> Job:
     """A Job with the experiment's checkpoint interval (settings override any field)."""
     return Job(desc, Path(directory), num_steps, batch_size, optimizer, meta,
                **{"checkpoint_every_steps": config.checkpoint.every_steps, **settings})

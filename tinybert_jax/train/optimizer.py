@@ -5,11 +5,10 @@ gradient clipping, Adam *without* bias correction, decoupled weight decay, both 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from tinybert_jax.errors import InputError
@@ -22,12 +21,26 @@ _DECAYED_LEAVES = ("kernel", "embedding")
 _STACKED_LAYERS_KEY = "layers"
 
 
+class OptimizerSettings(Protocol):
+    """What the optimizer is made from: a config's `optimizer` section, or any object with these attributes (the
+    benchmarks pass a SimpleNamespace: they run on hosts without ml_collections)."""
+    name: str
+    learning_rate: float
+    schedule: str
+    warmup_ratio: float
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    clip_norm: float
+
+
 def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) in _DECAYED_LEAVES,
                                             params)
 
 
-def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(cfg: OptimizerSettings, total_steps: int) -> optax.Schedule:
     if cfg.schedule not in SCHEDULES:
         raise InputError(f"optimizer.schedule={cfg.schedule!r}; use one of {SCHEDULES}")
     if not 0 <= cfg.warmup_ratio < 1:
@@ -90,8 +103,8 @@ def clip_each_tensor_by_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                                             Callable[[Any], Any]]:
+def make_optimizer(cfg: OptimizerSettings, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                                     Callable[[Any], Any]]:
     """(optax transformation, learning-rate schedule) for `optimizer.*`."""
     schedule = learning_rate_schedule(cfg, total_steps)
     if cfg.name == "adamw":
