@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
 
 import jax
-import ml_collections
 import numpy as np
 
 from tinybert_jax import sharding
@@ -21,8 +21,8 @@ from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.engine import create_state
 
 MASK_ID = 4  # random_batch draws ids from 5 up, so [MASK] and the other specials are below
-ADAMW = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-4, schedule="linear", warmup_ratio=0.1,
-                                       b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
+ADAMW = types.SimpleNamespace(name="adamw", learning_rate=1e-4, schedule="linear", warmup_ratio=0.1, b1=0.9, b2=0.999,
+                              eps=1e-6, weight_decay=0.01, clip_norm=1.0)
 
 
 def random_batch(vocab_size: int, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
