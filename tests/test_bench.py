@@ -3,15 +3,20 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import subprocess
 from types import SimpleNamespace
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from test_general import write_corpus
 from test_task import FILLER, VOCAB, save_model
 from tinybert_jax.bench.__main__ import main as bench_main
+from tinybert_jax.bench.breakdown import PHASES, dropout_shapes
 from tinybert_jax.bench.machine import cpu_description
+from tinybert_jax.models.bert import Bert, BertConfig, init_params
 
 # Installed here but not on the accelerator hosts (README, "Performance"): the accelerator benchmark runs without them.
 ABSENT_ON_ACCELERATOR_HOSTS = ("grain", "ml_collections", "tensorflow_datasets", "tensorflow", "tensorboardX",
@@ -44,7 +49,7 @@ def positive_numbers(tree):
 def test_all_benchmarks_at_tiny_sizes(tmp_path, capsys):
     out = tmp_path / "bench.json"
     corpus = write_corpus(tmp_path / "corpus.txt")  # tiny sizes here; the embedded corpus is the benchmark's
-    result = run_bench(capsys, "all", "--vs-pytorch", *TINY, f"--source={corpus}", f"--json={out}")
+    result = run_bench(capsys, "all", "--vs-pytorch", "--breakdown", *TINY, f"--source={corpus}", f"--json={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     for title in ("step: general distillation", "vs transformers (PyTorch", "inference: forward only", "data: prepare"):
         assert title in result.stdout
@@ -70,6 +75,16 @@ def test_all_benchmarks_at_tiny_sizes(tmp_path, capsys):
                             rel_tol=1e-9)
     assert versus["batch"] == 4 and math.isclose(versus["ratio"], versus["pytorch_step_s"] / versus["jax_step_s"],
                                                  rel_tol=1e-9)
+    # peak RSS of each side in a process of its own, above what the imports alone hold
+    for side in ("jax", "pytorch"):
+        memory = versus[f"{side}_memory"]
+        assert memory["peak_rss_bytes"] > memory["rss_after_imports_bytes"] > 50 * 2 ** 20
+    assert math.isclose(versus["peak_rss_ratio"], versus["jax_memory"]["peak_rss_bytes"]
+                        / versus["pytorch_memory"]["peak_rss_bytes"], rel_tol=1e-9)
+    phases = versus["breakdown"]
+    assert list(phases) == list(PHASES) and set(phases["dropout_bits"]) == {"jax_s"}
+    assert all(set(times) == {"jax_s", "pytorch_s"} for phase, times in phases.items() if phase != "dropout_bits")
+    assert "step phases, each on its own" in result.stdout
     machine = report["machine"]
     assert machine["jax"] == importlib.metadata.version("jax") and machine["cpus"] >= 1
     assert machine["platform"] and machine["devices"] and machine["cpu_model"] and isinstance(machine["isa"], list)
@@ -98,6 +113,21 @@ def test_bad_model_size_is_one_line(capsys):
     result = run_bench(capsys, "step", "--teacher=12,770,3072,12")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --teacher='12,770,3072,12'")
+
+
+def test_breakdown_needs_the_pytorch_comparison(capsys):
+    result = run_bench(capsys, "step", "--breakdown", *TINY)
+    assert result.returncode == 2 and "add --vs-pytorch" in result.stderr.strip().splitlines()[-1]
+
+
+def test_breakdown_draws_dropout_bits_at_the_shapes_the_student_draws_them():
+    cfg = BertConfig(vocab_size=120, num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=4)
+    ids = jnp.ones((3, 8), jnp.int32)
+    forward = jax.make_jaxpr(lambda params: Bert(cfg).apply({"params": params}, ids, ids * 0, ids, deterministic=False,
+                                                            rngs={"dropout": jax.random.PRNGKey(1)}))
+    drawn = re.findall(r"random_bits\[bit_width=32 shape=\(([0-9, ]*)\)\]",
+                       str(forward(init_params(cfg, jax.random.PRNGKey(0)))))
+    assert {tuple(int(n) for n in shape.split(",")) for shape in drawn} == set(dropout_shapes(cfg, 3, 8))
 
 
 def test_step_of_the_distilbert_and_minilm_recipes(tmp_path, capsys):

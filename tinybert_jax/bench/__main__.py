@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from tinybert_jax.bench import augment, data, inference, step, task
+from tinybert_jax.bench import augment, data, inference, memory, step, task
 from tinybert_jax.bench.machine import machine_info
 from tinybert_jax.bench.timing import matmul_ceiling
 from tinybert_jax.errors import InputError
@@ -36,6 +36,10 @@ def fmt_range(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"[{values[0] * scale:.{digits}f}, {values[1] * scale:.{digits}f}]"
 
 
+def mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2 ** 20:,.0f} MiB"
+
+
 def run_step(args, teacher, student, results) -> None:
     ceiling = matmul_ceiling(((1024, 768, 3072), (1024, 3072, 768), (1024, 768, 768)))
     r = step.bench_step(teacher, student, args.batch, args.seq_len, args.reps, args.warmup, ceiling["flops_per_s"],
@@ -55,9 +59,12 @@ def run_step(args, teacher, student, results) -> None:
     ]))
     if args.vs_pytorch:
         v = step.bench_step_vs_pytorch(teacher, student, args.batch, args.seq_len, args.reps, args.warmup,
-                                       args.teacher_dtype)
+                                       args.teacher_dtype, args.breakdown)
         v["jax_fraction_of_ceiling"] = v["jax_achieved_flops_per_s"] / ceiling["flops_per_s"]
         v["pytorch_fraction_of_ceiling"] = v["pytorch_achieved_flops_per_s"] / ceiling["flops_per_s"]
+        for side in memory.SIDES:  # each in a fresh process: one process's peak cannot be split between the two
+            v[f"{side}_memory"] = memory.step_peak_rss(side, teacher, student, args.batch, args.seq_len)
+        v["peak_rss_ratio"] = v["jax_memory"]["peak_rss_bytes"] / v["pytorch_memory"]["peak_rss_bytes"]
         results["step_vs_pytorch"] = v
         print(table(f"step: ours ({precision}) vs transformers (PyTorch, fp32), timed alternately", [
             ("ours examples/s", f"{v['jax_examples_per_s']:.2f} ({v['jax_fraction_of_ceiling']:.1%} of ceiling)"),
@@ -68,7 +75,17 @@ def run_step(args, teacher, student, results) -> None:
                                                             f"{v['pytorch_loss_at_start']:.6g}"),
             ("step seconds ours / PyTorch [min, max]", f"{fmt_range(v['jax_step_range_s'])} / "
                                                        f"{fmt_range(v['pytorch_step_range_s'])}"),
+            ("peak RSS ours / PyTorch (own process each)", f"{mib(v['jax_memory']['peak_rss_bytes'])} / "
+                                                           f"{mib(v['pytorch_memory']['peak_rss_bytes'])} "
+                                                           f"({v['peak_rss_ratio']:.2f}x)"),
+            ("  of which after imports", f"{mib(v['jax_memory']['rss_after_imports_bytes'])} / "
+                                         f"{mib(v['pytorch_memory']['rss_after_imports_bytes'])}"),
         ]))
+        if args.breakdown:
+            print(table("step phases, each on its own: ours / PyTorch (ms, median)", [
+                (phase, " / ".join(f"{times[side] * 1e3:.1f}" if side in times else "-"
+                                   for side in ("jax_s", "pytorch_s")))
+                for phase, times in v["breakdown"].items()]))
 
 
 def run_inference(args, teacher, student, results) -> None:
@@ -155,6 +172,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("benchmark", choices=("step", "inference", "data", "augment", "task", "all"))
     parser.add_argument("--vs-pytorch", action="store_true", help="step: also time the PyTorch reference "
                         "(tinybert recipe)")
+    parser.add_argument("--breakdown", action="store_true", help="step: with --vs-pytorch, also time the step's "
+                        "phases (teacher forward, student forward/backward with and without dropout, dropout bits, "
+                        "optimizer update) on their own")
     parser.add_argument("--recipe", choices=("tinybert", "distilbert", "minilm_v1", "minilm_v2"), default="tinybert",
                         help="step: the distillation terms (distilbert adds MLM heads and in-step masking)")
     parser.add_argument("--relation-heads", type=int, default=48, help="step: MiniLMv2 relation heads")
@@ -193,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         teacher = model_size(args.teacher, args.vocab, "teacher")
         student = model_size(args.student, args.vocab, "student")
+        if args.breakdown and not args.vs_pytorch:
+            raise InputError("--breakdown compares the phases with PyTorch's: add --vs-pytorch")
         if args.vs_pytorch and args.recipe != "tinybert":
             raise InputError(f"--vs-pytorch has a PyTorch reference for the tinybert recipe only, not {args.recipe}")
         if args.benchmark in ("step", "all"):

@@ -135,8 +135,10 @@ def loss_without_dropout(spec: DistillSpec, params: dict, teacher_params: dict, 
 
 
 def bench_step_vs_pytorch(teacher: BertConfig, student: BertConfig, batch: int, seq_len: int, reps: int,
-                          warmup: int, teacher_dtype: str = "float32") -> dict:
-    """Our step and the PyTorch reference on the same batch, timed alternately so both see the same machine."""
+                          warmup: int, teacher_dtype: str = "float32", breakdown: bool = False) -> dict:
+    """Our step and the PyTorch reference on the same batch, timed alternately so both see the same machine;
+    with `breakdown`, also the step's phases of both (bench/breakdown.py)."""
+    from tinybert_jax.bench.breakdown import jax_phases, time_phases
     from tinybert_jax.bench.torch_step import build_torch_step
 
     step, state, teacher_params, spec, mesh = build_step(teacher, student, teacher_dtype)
@@ -166,7 +168,11 @@ def bench_step_vs_pytorch(teacher: BertConfig, student: BertConfig, batch: int, 
     jax_step_s, torch_step_s = float(np.median(jax_seconds)), float(np.median(torch_seconds))
     ours, theirs = batch / jax_step_s, batch / torch_step_s
     flops = step_flops(spec, seq_len) * batch
-    return {"batch": batch, **losses, "jax_step_s": jax_step_s, "pytorch_step_s": torch_step_s,
+    phases = {}
+    if breakdown:
+        phases["breakdown"] = time_phases(jax_phases(spec, state, teacher_params, device_batch, ADAMW),
+                                          reference.phases, reps, warmup)
+    return {"batch": batch, **losses, **phases, "jax_step_s": jax_step_s, "pytorch_step_s": torch_step_s,
             "jax_examples_per_s": ours, "pytorch_examples_per_s": theirs, "ratio": ours / theirs,
             "jax_achieved_flops_per_s": flops * ours / batch, "pytorch_achieved_flops_per_s": flops * theirs / batch,
             "jax_step_range_s": [min(jax_seconds), max(jax_seconds)],

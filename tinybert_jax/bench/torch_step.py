@@ -44,14 +44,17 @@ def _hf_config(cfg: BertConfig):
 class TorchStep:
     step: Callable[[], float]  # one training step (student dropout on); returns its loss
     loss_without_dropout: Callable[[], float]  # the same loss with the student in eval mode, no update
+    phases: dict[str, Callable[[], None]]  # the step's parts run on their own (bench/breakdown.py's PHASES)
 
 
 def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerMap, batch: dict[str, np.ndarray],
-                     teacher_weights: dict[str, np.ndarray], student_weights: dict[str, np.ndarray],
-                     projection: dict[str, np.ndarray]) -> TorchStep:
+                     teacher_weights: dict[str, np.ndarray] | None = None,
+                     student_weights: dict[str, np.ndarray] | None = None,
+                     projection: dict[str, np.ndarray] | None = None) -> TorchStep:
     """The reference step on `batch`, starting from the given weights (Hugging Face state dicts of the two
     BertModels, and our projection's kernel [student, teacher] and bias), so that its loss can be checked
-    against ours before the timings are compared."""
+    against ours before the timings are compared. Without weights the models keep their random initialisation
+    (the memory measurement: no second copy of the weights exists at any time)."""
     # PyTorch's OpenMP workers otherwise spin for a while after each op, stealing the cores from the XLA step
     # timed right after it (only effective if torch is not imported yet, as in the benchmark process).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -65,8 +68,8 @@ def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerM
                           teacher_weights).eval()
     student_model = _load(transformers.BertModel(_hf_config(student), add_pooling_layer=student.pooler),
                           student_weights).train()
-    linear = torch.nn.Linear(student.hidden_size, teacher.hidden_size)
-    _load(linear, {"weight": np.asarray(projection["kernel"]).T, "bias": projection["bias"]})
+    linear = _load(torch.nn.Linear(student.hidden_size, teacher.hidden_size),
+                   projection and {"weight": np.asarray(projection["kernel"]).T, "bias": projection["bias"]})
     named = list(student_model.named_parameters()) + [(f"projection.{n}", p) for n, p in linear.named_parameters()]
     decayed = [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n)]
     plain = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n]
@@ -76,9 +79,11 @@ def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerM
     zeroed = lambda scores: torch.where(scores <= -100, torch.zeros_like(scores), scores)
     mse = torch.nn.functional.mse_loss
 
-    def loss():
+    def teacher_forward():
         with torch.no_grad():
-            t_out = teacher_model(**inputs, output_hidden_states=True, output_attentions=True)
+            return teacher_model(**inputs, output_hidden_states=True, output_attentions=True)
+
+    def student_loss(t_out):
         s_out = student_model(**inputs, output_hidden_states=True, output_attentions=True)
         attention = sum(mse(zeroed(s_out.attentions[s - 1]), zeroed(t_out.attentions[t - 1]))
                         for s, t in layer_map.attention_pairs)
@@ -86,28 +91,52 @@ def build_torch_step(teacher: BertConfig, student: BertConfig, layer_map: LayerM
                      for s, t in layer_map.hidden_pairs)  # includes the embedding term (index 0)
         return attention + hidden
 
-    def step() -> float:
-        value = loss()
+    def backward(value):
         optimizer.zero_grad(set_to_none=True)
         value.backward()
+
+    def update():
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimizer.step()
+
+    def step() -> float:
+        value = student_loss(teacher_forward())
+        backward(value)
+        update()
         return value.item()
 
     def loss_without_dropout() -> float:
         student_model.eval()
         with torch.no_grad():
-            value = loss().item()
+            value = student_loss(teacher_forward()).item()
         student_model.train()
         return value
 
-    return TorchStep(step, loss_without_dropout)
+    kept_teacher_out = []  # the phases after the teacher's read one teacher output, made when first needed
+
+    def fixed_teacher_out():
+        if not kept_teacher_out:
+            kept_teacher_out.append(teacher_forward())
+        return kept_teacher_out[0]
+
+    def student_forward_backward_without_dropout():
+        student_model.eval()
+        backward(student_loss(fixed_teacher_out()))
+        student_model.train()
+
+    phases = {"teacher_forward": teacher_forward,
+              "student_forward_backward": lambda: backward(student_loss(fixed_teacher_out())),
+              "student_forward_backward_no_dropout": student_forward_backward_without_dropout,
+              "optimizer_update": update}
+    return TorchStep(step, loss_without_dropout, phases)
 
 
-def _load(module, weights: dict[str, np.ndarray]):
-    """`module` with `weights` (all of its parameters, no others) copied in."""
+def _load(module, weights: dict[str, np.ndarray] | None):
+    """`module` with `weights` (all of its parameters, no others) copied in; as it is without."""
     import torch
 
+    if weights is None:
+        return module
     module.load_state_dict({name: torch.from_numpy(np.array(value, np.float32)) for name, value in weights.items()},
                            strict=True)
     return module

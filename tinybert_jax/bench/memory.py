@@ -1,0 +1,82 @@
+"""Peak host memory (RSS) of the distillation step: ours and the PyTorch reference, each in a process of its own.
+
+A process's peak RSS cannot be split between two frameworks sharing it, so each side builds its step (random-init
+weights: no copies of loaded checkpoints) and runs a few steps alone:
+    python -m tinybert_jax.bench.memory {jax,pytorch} TEACHER_JSON STUDENT_JSON BATCH SEQ_LEN STEPS
+prints one JSON line. `peak_rss_bytes` is the whole process (interpreter, libraries, weights, optimizer state,
+compilation, activations); `rss_after_imports_bytes` is what the process held before building anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import resource
+import subprocess
+import sys
+
+from tinybert_jax.models.bert import BertConfig
+
+SIDES = ("jax", "pytorch")
+
+
+def _current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def step_peak_rss(side: str, teacher: BertConfig, student: BertConfig, batch: int, seq_len: int,
+                  steps: int = 3) -> dict:
+    """{peak_rss_bytes, rss_after_imports_bytes} of a fresh process that runs `steps` steps of `side`."""
+    command = [sys.executable, "-m", "tinybert_jax.bench.memory", side, json.dumps(dataclasses.asdict(teacher)),
+               json.dumps(dataclasses.asdict(student)), str(batch), str(seq_len), str(steps)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"the {side} memory measurement failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _run_jax(teacher: BertConfig, student: BertConfig, batch: int, seq_len: int, steps: int) -> None:
+    import jax
+
+    from tinybert_jax import sharding
+    from tinybert_jax.bench.step import build_step, random_batch
+
+    step, state, teacher_params, _, mesh = build_step(teacher, student)
+    device_batch = sharding.global_batch(random_batch(teacher.vocab_size, batch, seq_len), mesh)
+    for _ in range(steps):
+        state, metrics = step(state, teacher_params, device_batch)
+        jax.block_until_ready(metrics)
+
+
+def _run_pytorch(teacher: BertConfig, student: BertConfig, batch: int, seq_len: int, steps: int) -> None:
+    from tinybert_jax.bench.step import random_batch
+    from tinybert_jax.bench.torch_step import build_torch_step
+    from tinybert_jax.distill.layer_map import resolve_layer_map
+
+    layer_map = resolve_layer_map("uniform", teacher.num_hidden_layers, student.num_hidden_layers)
+    reference = build_torch_step(teacher.replace(pooler=False), student,
+                                 layer_map, random_batch(teacher.vocab_size, batch, seq_len))
+    for _ in range(steps):
+        reference.step()
+
+
+def main(argv: list[str]) -> None:
+    side, teacher, student, batch, seq_len, steps = argv
+    if side == "pytorch":  # imported before measuring, as jax is by this module's imports
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        for library in ("torch", "transformers"):
+            importlib.import_module(library)
+    after_imports = _current_rss_bytes()
+    run = {"jax": _run_jax, "pytorch": _run_pytorch}[side]
+    run(BertConfig(**json.loads(teacher)), BertConfig(**json.loads(student)), int(batch), int(seq_len), int(steps))
+    print(json.dumps({"peak_rss_bytes": _peak_rss_bytes(), "rss_after_imports_bytes": after_imports}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
