@@ -5,10 +5,12 @@ import math
 import os
 import re
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from test_general import write_corpus
@@ -113,6 +115,15 @@ def test_bad_model_size_is_one_line(capsys):
     result = run_bench(capsys, "step", "--teacher=12,770,3072,12")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --teacher='12,770,3072,12'")
+
+
+def test_a_measured_process_reports_its_own_peak_not_its_parents():
+    """The memory children start from this process (fork + exec): a parent holding 1 GiB must not show up in
+    their peak, as it does in getrusage's ru_maxrss."""
+    held = np.ones(2 ** 27)  # 1 GiB, written, so resident
+    child = subprocess.run([sys.executable, "-c", "from tinybert_jax.bench.memory import _status_bytes; "
+                            "print(_status_bytes('VmHWM'))"], capture_output=True, text=True, check=True)
+    assert 0 < int(child.stdout) < held.nbytes
 
 
 def test_breakdown_needs_the_pytorch_comparison(capsys):

@@ -12,7 +12,6 @@ import dataclasses
 import importlib
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -21,13 +20,15 @@ from tinybert_jax.models.bert import BertConfig
 SIDES = ("jax", "pytorch")
 
 
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def _status_bytes(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS: now, VmHWM: peak of this program). Not getrusage's ru_maxrss:
+    that keeps the high-water mark of the forked parent across exec, so every child would report the
+    benchmark process's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # the kernel reports kB
+    raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
 def step_peak_rss(side: str, teacher: BertConfig, student: BertConfig, batch: int, seq_len: int,
@@ -72,10 +73,10 @@ def main(argv: list[str]) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         for library in ("torch", "transformers"):
             importlib.import_module(library)
-    after_imports = _current_rss_bytes()
+    after_imports = _status_bytes("VmRSS")
     run = {"jax": _run_jax, "pytorch": _run_pytorch}[side]
     run(BertConfig(**json.loads(teacher)), BertConfig(**json.loads(student)), int(batch), int(seq_len), int(steps))
-    print(json.dumps({"peak_rss_bytes": _peak_rss_bytes(), "rss_after_imports_bytes": after_imports}))
+    print(json.dumps({"peak_rss_bytes": _status_bytes("VmHWM"), "rss_after_imports_bytes": after_imports}))
 
 
 if __name__ == "__main__":
