@@ -63,7 +63,8 @@ def run_step(args, teacher, student, results) -> None:
         v["jax_fraction_of_ceiling"] = v["jax_achieved_flops_per_s"] / ceiling["flops_per_s"]
         v["pytorch_fraction_of_ceiling"] = v["pytorch_achieved_flops_per_s"] / ceiling["flops_per_s"]
         for side in memory.SIDES:  # each in a fresh process: one process's peak cannot be split between the two
-            v[f"{side}_memory"] = memory.step_peak_rss(side, teacher, student, args.batch, args.seq_len)
+            v[f"{side}_memory"] = memory.step_peak_rss(side, teacher, student, args.batch, args.seq_len,
+                                                         args.teacher_dtype)
         v["peak_rss_ratio"] = v["jax_memory"]["peak_rss_bytes"] / v["pytorch_memory"]["peak_rss_bytes"]
         results["step_vs_pytorch"] = v
         print(table(f"step: ours ({precision}) vs transformers (PyTorch, fp32), timed alternately", [
