@@ -22,6 +22,6 @@ def apply_gradients(state: TrainState, next_rng: jax.Array, grads: Any, metrics:
     """The tail of every step: the optimizer (its chain clips first) updates the parameters, and the step's
     metrics gain the learning rate it used and the gradient norm before clipping."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    metrics = {**metrics, "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "learning_rate": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state,
                       rng=next_rng), metrics
