@@ -161,8 +161,8 @@ def test_step_of_the_distilbert_and_minilm_recipes(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_task_benchmark_at_tiny_sizes(tmp_path, capsys):
-    """Stage-1 throughput with and without buckets on both length distributions, and augmentation on 1 and 8
-    devices (each in its own process)."""
+    """Stage-1 throughput with and without buckets on both length distributions, and augmentation on 1 device (in
+    this process) and on 8 (in a process of its own)."""
     out = tmp_path / "bench.json"
     mlm = save_model(tmp_path / "mlm", "BertForMaskedLM", vocab=VOCAB, max_position_embeddings=128)
     glove = tmp_path / "glove.txt"  # a given MLM and GloVe file: nothing trained on the whole corpus

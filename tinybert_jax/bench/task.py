@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from tinybert_jax import sharding
-from tinybert_jax.bench.augment import corpus_sentences
+from tinybert_jax.bench.augment import bench_augment, corpus_sentences
 from tinybert_jax.bench.step import build_step
 from tinybert_jax.data.glue import TaskExamples, encode
 from tinybert_jax.data.loader import bucket_plan
@@ -33,6 +33,7 @@ from tinybert_jax.models.bert import BertConfig
 from tinybert_jax.task.data import Arrays, bucket_lengths, cut_rows, example_buckets
 
 KINDS = (("single", 64, False), ("pair", 128, True))
+AUGMENT_SEQ_LEN = 128  # `bench augment`'s default --seq-len
 
 
 def task_arrays(tokenizer, sentences: list[str], seq_len: int, pair: bool) -> dict[str, np.ndarray]:
@@ -106,21 +107,33 @@ def bench_stage1(teacher: BertConfig, student: BertConfig, batch: int, steps: in
 
 def bench_augment_devices(teacher: BertConfig, sentences: int, batch: int, devices: tuple[int, ...], mlm: str = "",
                           glove: str = "") -> dict:
-    """Batched augmentation sentences/s with 1 and with 8 (fake, on a CPU) devices, each in its own process: the
-    device count is fixed when JAX starts (`bench augment`; mlm and glove as there)."""
+    """Batched augmentation sentences/s with 1 and with 8 (fake, on a CPU) devices (`bench augment`; mlm and glove
+    as there). The device count is fixed when JAX starts: the count this process has runs here, any other in a
+    process of its own."""
     rates = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for count in devices:
-            out = Path(tmp) / f"augment_{count}.json"
-            flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
-            size = ",".join(str(x) for x in (teacher.num_hidden_layers, teacher.hidden_size,
-                                             teacher.intermediate_size, teacher.num_attention_heads))
-            command = [sys.executable, "-m", "tinybert_jax.bench", "augment", f"--teacher={size}",
-                       f"--vocab={teacher.vocab_size}", f"--sentences={sentences}", "--reference-sentences=1",
-                       f"--augment-batch={batch}", f"--mlm={mlm}", f"--glove={glove}", f"--json={out}"]
-            result = subprocess.run(command, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"augmentation on {count} device(s) failed: {result.stderr[-2000:]}")
-            rates[str(count)] = json.loads(out.read_text())["augment"]["batched_sentences_per_s"]
+    for count in devices:
+        if count == jax.device_count():
+            result = bench_augment(teacher, sentences, 1, batch, AUGMENT_SEQ_LEN, mlm, glove)
+        else:
+            result = augment_in_a_process(teacher, sentences, batch, count, mlm, glove)
+        rates[str(count)] = result["batched_sentences_per_s"]
     return {"sentences": sentences, "batch": batch, "sentences_per_s": rates,
             "speedup": rates[str(devices[-1])] / rates[str(devices[0])]}
+
+
+def augment_in_a_process(teacher: BertConfig, sentences: int, batch: int, devices: int, mlm: str, glove: str) -> dict:
+    """`bench augment`'s results from `python -m tinybert_jax.bench augment` with `devices` (fake, on a CPU)
+    devices."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "augment.json"
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+        size = ",".join(str(x) for x in (teacher.num_hidden_layers, teacher.hidden_size, teacher.intermediate_size,
+                                         teacher.num_attention_heads))
+        command = [sys.executable, "-m", "tinybert_jax.bench", "augment", f"--teacher={size}",
+                   f"--vocab={teacher.vocab_size}", f"--sentences={sentences}", "--reference-sentences=1",
+                   f"--augment-batch={batch}", f"--seq-len={AUGMENT_SEQ_LEN}", f"--mlm={mlm}", f"--glove={glove}",
+                   f"--json={out}"]
+        result = subprocess.run(command, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"augmentation on {devices} device(s) failed: {result.stderr[-2000:]}")
+        return json.loads(out.read_text())["augment"]
