@@ -6,15 +6,18 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import pytest
 
 from test_general import write_corpus
 from test_task import FILLER, VOCAB, save_model
+from tinybert_jax.bench import cpu_isa
 from tinybert_jax.bench.__main__ import main as bench_main
 from tinybert_jax.bench.breakdown import PHASES, dropout_shapes
 from tinybert_jax.bench.machine import cpu_description
@@ -217,3 +220,34 @@ def test_accelerator_script_runs_at_ci_size_without_an_accelerator(tmp_path):
     for kind in ("single", "pair"):
         assert report["task"][kind]["speedup"] > 0 and report["task"][kind]["ideal"] > 1
     assert report["seconds"] < 600
+
+
+def test_avx2_emulation_runs_the_step_in_a_restricted_process(tmp_path):
+    """`--isa=avx2` replaces the process by one with every library restricted to AVX2 (YNNPACK's flags are read back
+    there and checked) and says so in the JSON."""
+    out = tmp_path / "bench.json"
+    environment = {k: v for k, v in os.environ.items() if k != cpu_isa.ENV_MARK}
+    result = subprocess.run([sys.executable, "-m", "tinybert_jax.bench", "step", "--isa=avx2", *TINY[:7],
+                             f"--json={out}"], capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(emulating avx2)" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["machine"]["isa_emulated"] == "avx2" and report["step"]["examples_per_s"] > 0
+
+
+@pytest.mark.skipif("avx512f" not in cpu_isa.cpu_flags(), reason="nothing to restrict on a CPU without AVX-512")
+def test_avx2_restriction_after_a_computation_is_refused():
+    """YNNPACK reads its flags once, at its first matrix product: restricting later would measure AVX-512 kernels
+    under an AVX2 label, so it is an error."""
+    code = ("import jax.numpy as jnp; from tinybert_jax.bench import cpu_isa; "
+            "(jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready(); cpu_isa.restrict_jaxlib()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, cpu_isa.ENV_MARK: "avx2"})
+    assert result.returncode != 0 and "expected AVX2 without AVX-512" in result.stderr
+
+
+def test_a_missing_symbol_is_named():
+    library = Path(jaxlib.__file__).parent / "libjax_common.so"
+    assert set(cpu_isa.symbol_offsets(library, ("cpuinfo_isa",))) == {"cpuinfo_isa"}
+    with pytest.raises(RuntimeError, match="has no symbol no_such_symbol_here"):
+        cpu_isa.symbol_offsets(library, ("no_such_symbol_here",))

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from tinybert_jax.bench import augment, data, inference, memory, step, task
+from tinybert_jax.bench import augment, cpu_isa, data, inference, memory, step, task
 from tinybert_jax.bench.machine import machine_info
 from tinybert_jax.bench.timing import matmul_ceiling
 from tinybert_jax.errors import InputError
@@ -205,6 +205,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--task-steps", type=int, default=16, help="task: timed steps per padding")
     parser.add_argument("--task-sentences", type=int, default=2048, help="task: corpus sentences")
     parser.add_argument("--buckets", default="auto", help="task: data.buckets")
+    parser.add_argument("--isa", choices=cpu_isa.CHOICES, default="native",
+                        help="avx2: run on the kernels an AVX2-only CPU gets, on a CPU that also has AVX-512 "
+                             "(bench/cpu_isa.py; this machine's cores, another code path)")
     parser.add_argument("--json", default="", help="write the results here")
     return parser.parse_args(argv)
 
@@ -223,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    cpu_isa.reexec_if_requested(args.isa, sys.argv[1:] if argv is None else argv)
+    cpu_isa.restrict_jaxlib()
     results = {"machine": machine_info()}
+    emulated = f" (emulating {results['machine']['isa_emulated']})" if results["machine"]["isa_emulated"] else ""
     print(f"machine: {results['machine']['cpu_model']}, {results['machine']['cpus']} CPUs, "
-          f"{' '.join(results['machine']['isa'])}; {results['machine']['device']}")
+          f"{' '.join(results['machine']['isa'])}{emulated}; {results['machine']['device']}")
     chosen = ("step", "inference", "data") if args.benchmark == "all" else (args.benchmark,)
     runners = {"step": run_step, "inference": run_inference, "data": run_data, "augment": run_augment,
                "task": run_task}

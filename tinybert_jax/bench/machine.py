@@ -8,6 +8,8 @@ from pathlib import Path
 
 import jax
 
+from tinybert_jax.bench.cpu_isa import emulated
+
 # the vector and matrix extensions that decide XLA:CPU's speed, in the order they appeared
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
              "amx_int8", "asimd", "sve", "sve2")
@@ -33,4 +35,4 @@ def machine_info() -> dict:
     devices = jax.devices()
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu_model": model, "isa": isa,
             "device": devices[0].device_kind if devices else "none", "devices": [str(d) for d in devices],
-            "jax": jax.__version__}
+            "isa_emulated": emulated(), "jax": jax.__version__}

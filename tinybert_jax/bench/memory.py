@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+from tinybert_jax.bench import cpu_isa
 from tinybert_jax.models.bert import BertConfig
 
 SIDES = ("jax", "pytorch")
@@ -72,6 +73,7 @@ def _run_pytorch(teacher: BertConfig, student: BertConfig, batch: int, seq_len: 
 
 def main(argv: list[str]) -> None:
     side, teacher, student, batch, seq_len, steps, teacher_dtype = argv
+    cpu_isa.restrict_jaxlib()  # a child of `bench --isa=avx2` measures the same code path
     if side == "pytorch":  # imported before measuring, as jax is by this module's imports
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         for library in ("torch", "transformers"):
