@@ -226,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cpu_isa.reexec_if_requested(args.isa, sys.argv[1:] if argv is None else argv)
-    cpu_isa.restrict_jaxlib()
+    try:
+        cpu_isa.reexec_if_requested(args.isa, sys.argv[1:] if argv is None else argv)
+        cpu_isa.restrict_jaxlib()
+    except (InputError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     results = {"machine": machine_info()}
     emulated = f" (emulating {results['machine']['isa_emulated']})" if results["machine"]["isa_emulated"] else ""
     print(f"machine: {results['machine']['cpu_model']}, {results['machine']['cpus']} CPUs, "

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from tinybert_jax.errors import InputError
 
 ENV_MARK = "TINYBERT_JAX_BENCH_ISA"
 CHOICES = ("native", "avx2")
@@ -42,6 +45,9 @@ def reexec_if_requested(isa: str, argv: list[str]) -> None:
     (restrict_jaxlib still runs there); 'native' and an already restricted process return at once."""
     if isa == "native" or os.environ.get(ENV_MARK) == isa:
         return
+    if platform.machine() not in ("x86_64", "AMD64"):
+        raise InputError(f"--isa={isa} restricts an x86-64 CPU; this machine is {platform.machine()} "
+                         "(use --isa=native)")
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa=AVX2".strip()
     os.environ.update(AVX2_ENVIRONMENT, XLA_FLAGS=flags, **{ENV_MARK: isa})
     sys.stdout.flush()
@@ -62,6 +68,8 @@ def restrict_jaxlib() -> None:
     import jaxlib
 
     library = Path(jaxlib.__file__).parent / "libjax_common.so"
+    if not library.is_file():
+        raise RuntimeError(f"{library} not found: this jaxlib cannot be restricted to AVX2 (use --isa=native)")
     addresses = {name: load_address(library) + offset
                  for name, offset in symbol_offsets(library, ("cpuinfo_isa", "cpuinfo_initialize",
                                                               "_ZN3ynn24get_supported_arch_flagsEv")).items()}
