@@ -15,7 +15,7 @@ from tinybert_jax.models.bert import BertConfig, init_params
 from tinybert_jax.distill.projection import PROJECTION_FILE
 from tinybert_jax.pipelines import task as pipeline
 from tinybert_jax.task import fingerprint
-from tinybert_jax.task.evaluate import predict
+from tinybert_jax.task.evaluate import jitted_logits, predict
 from tinybert_jax.task.glue_metrics import chance_score
 
 TEACHER = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
@@ -108,3 +108,25 @@ def test_stage1_starts_from_the_general_distillation_projection(tmp_path):
 ])
 def test_chance_score(task, labels, chance):
     assert chance_score(glue.get_task(task), np.asarray(labels)) == pytest.approx(chance)
+
+
+def test_repeated_evaluation_traces_the_forward_once():
+    """A run evaluates on dev every eval.every_steps steps: the forward is traced and compiled at the first
+    evaluation only (a fresh jit each time would trace, lower and compile it again)."""
+    jitted_logits.cache_clear()  # as at the start of a run: nothing traced yet
+    params = init_params(TEACHER, jax.random.PRNGKey(0))
+    traces = []
+
+    def listener(event, duration, **kwargs):
+        if event.endswith("jaxpr_trace_duration"):
+            traces.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        first = predict(TEACHER, params, arrays(10), batch_size=4)
+        traced_first = len(traces)
+        second = predict(TEACHER, params, arrays(10, seed=1), batch_size=4)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert traced_first > 0 and len(traces) == traced_first
+    assert first.shape == second.shape == (10, 2) and not np.allclose(first, second)

@@ -1,6 +1,7 @@
 """Dev-set evaluation: batched predictions, each dev set's metric, and keeping the best-on-dev parameters."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -18,12 +19,19 @@ from tinybert_jax.task.steps import classifier_logits
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
+@functools.lru_cache(maxsize=8)
+def jitted_logits(cfg: BertConfig):
+    """One jitted forward per model config: a run evaluates every `eval.every_steps` steps, and a fresh jit each
+    time would trace, lower and compile the forward again at every evaluation."""
+    return jax.jit(classifier_logits(cfg))
+
+
 def predict(cfg: BertConfig, params: Any, arrays: Arrays, batch_size: int,
             permutation: Optional[np.ndarray] = None, buckets: Optional[tuple[int, ...]] = None) -> np.ndarray:
     """float32 logits [N, num_labels] ([N, T, num_labels] for token and span heads, zero past each batch's
     bucket length), the labels in the task's canonical order when `permutation` is given. With `buckets`, each
     batch runs at its bucket's length (one compiled shape per bucket)."""
-    logits_fn = jax.jit(classifier_logits(cfg))
+    logits_fn = jitted_logits(cfg)
     inputs = {name: arrays[name] for name in INPUTS}
     logits = None
     for batch, real in eval_batches(inputs, batch_size, buckets):
