@@ -376,6 +376,13 @@ def boxed_params(cfg: BertConfig, rng: jax.Array) -> dict[str, Any]:
 
 def abstract_params(cfg: BertConfig) -> dict[str, Any]:
     """Shapes and dtypes of every parameter, boxed with their logical axis names; nothing is allocated."""
+    return jax.tree.map(lambda leaf: leaf, _traced_abstract_params(cfg))  # a fresh tree: callers may edit theirs
+
+
+@functools.lru_cache(maxsize=32)
+def _traced_abstract_params(cfg: BertConfig) -> dict[str, Any]:
+    # Traced once per config: it traces the model's whole initialisation, and loading, checking, exporting and
+    # sharding parameters each ask for it, several times a run.
     return jax.eval_shape(lambda: boxed_params(cfg, jax.random.key(0)))
 
 
