@@ -9,7 +9,7 @@ import pytest
 from conftest import padded_batch, torch_outputs
 from tinybert_jax.convert import load_hf_bert
 from tinybert_jax.distill.step import trim_teacher
-from tinybert_jax.models.bert import MASK_BIAS, Bert, BertConfig, init_params
+from tinybert_jax.models.bert import MASK_BIAS, Bert, BertConfig, abstract_params, init_params
 
 SIZES = {
     "h32": dict(),
@@ -190,3 +190,24 @@ def test_bfloat16_biases_are_added_in_float32(stored):
                                    atol=1e-6, rtol=0)
         logits = np.broadcast_to(originals["classifier"]["bias"], (3, cfg.num_labels))
         np.testing.assert_array_equal(np.asarray(out.logits), logits)
+
+
+def test_abstract_params_are_traced_once_per_config_and_each_caller_gets_its_own_tree():
+    cfg = BertConfig(vocab_size=53, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=12)
+    traces = []
+
+    def listener(event, duration, **kwargs):
+        if event.endswith("jaxpr_trace_duration"):
+            traces.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        first = abstract_params(cfg)
+        traced_first = len(traces)
+        second = abstract_params(cfg)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert traced_first > 0 and len(traces) == traced_first
+    assert first["embeddings"]["word_embeddings"]["embedding"].value.shape == (53, 8)
+    del first["embeddings"]
+    assert "embeddings" in second and "embeddings" in abstract_params(cfg)
