@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import glob
 import os
 import re
@@ -108,15 +109,25 @@ def _is_prose(line: str) -> bool:
 def _embedded_documents(stats: CorpusStats) -> Iterator[list[str]]:
     for path in _stdlib_files(Path(sysconfig.get_paths()["stdlib"])):
         stats.files += 1
-        try:
-            # Parse, never import: importing runs module code (and some stdlib modules have side effects).
-            tree = ast.parse(path.read_bytes(), filename=str(path))
-        except (SyntaxError, ValueError, OSError):
+        sentences = _module_sentences(path)
+        if sentences is None:
             stats.unparsable_files += 1
             continue
-        # One module is one document: its docstrings in source order read as connected text, so the true
-        # next segment of a sequence is usually about the same thing (single docstrings are mostly 1-2 sentences).
-        yield [sentence for docstring in _docstrings(tree) for sentence in split_sentences(docstring)]
+        yield list(sentences)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_sentences(path: Path) -> Optional[tuple[str, ...]]:
+    """The sentences of a stdlib module's docstrings (None: unparsable), read once per process: a run reads the
+    corpus twice (tokenizer training, then sequence preparation), and parsing is most of its cost."""
+    try:
+        # Parse, never import: importing runs module code (and some stdlib modules have side effects).
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError):
+        return None
+    # One module is one document: its docstrings in source order read as connected text, so the true next
+    # segment of a sequence is usually about the same thing (single docstrings are mostly 1-2 sentences).
+    return tuple(sentence for docstring in _docstrings(tree) for sentence in split_sentences(docstring))
 
 
 def _docstrings(tree: ast.Module) -> Iterator[str]:
