@@ -18,11 +18,13 @@ XLA_TEST_FLAGS = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_
                                         "--xla_cpu_use_fusion_emitters=false"]))
 os.environ["XLA_FLAGS"] = XLA_TEST_FLAGS
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Callable
 
 import filelock
+import jax
 import numpy as np
 import pytest
 import torch
@@ -95,6 +97,22 @@ def made_once(shared_dir: Path, name: str, make: Callable[[Path], None]) -> Path
             make(path)
             made.touch()
     return path
+
+
+@contextlib.contextmanager
+def counted_traces():
+    """A list that gains one entry for every function JAX traces inside the `with` block."""
+    traces = []
+
+    def listener(event, duration, **kwargs):
+        if event.endswith("jaxpr_trace_duration"):
+            traces.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield traces
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 # The slowest tests (seconds on a 2-core machine, made-once fixtures they are first to need included), slowest

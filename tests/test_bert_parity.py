@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import padded_batch, torch_outputs
+from conftest import counted_traces, padded_batch, torch_outputs
 from tinybert_jax.convert import load_hf_bert
 from tinybert_jax.distill.step import trim_teacher
 from tinybert_jax.models.bert import MASK_BIAS, Bert, BertConfig, abstract_params, init_params
@@ -194,19 +194,10 @@ def test_bfloat16_biases_are_added_in_float32(stored):
 
 def test_abstract_params_are_traced_once_per_config_and_each_caller_gets_its_own_tree():
     cfg = BertConfig(vocab_size=53, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=12)
-    traces = []
-
-    def listener(event, duration, **kwargs):
-        if event.endswith("jaxpr_trace_duration"):
-            traces.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counted_traces() as traces:
         first = abstract_params(cfg)
         traced_first = len(traces)
         second = abstract_params(cfg)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert traced_first > 0 and len(traces) == traced_first
     assert first["embeddings"]["word_embeddings"]["embedding"].value.shape == (53, 8)
     del first["embeddings"]

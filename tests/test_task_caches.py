@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
+from conftest import counted_traces
 from tinybert_jax import convert
 from tinybert_jax.data import glue
 from tinybert_jax.errors import InputError
@@ -115,18 +116,9 @@ def test_repeated_evaluation_traces_the_forward_once():
     evaluation only (a fresh jit each time would trace, lower and compile it again)."""
     jitted_logits.cache_clear()  # as at the start of a run: nothing traced yet
     params = init_params(TEACHER, jax.random.PRNGKey(0))
-    traces = []
-
-    def listener(event, duration, **kwargs):
-        if event.endswith("jaxpr_trace_duration"):
-            traces.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counted_traces() as traces:
         first = predict(TEACHER, params, arrays(10), batch_size=4)
         traced_first = len(traces)
         second = predict(TEACHER, params, arrays(10, seed=1), batch_size=4)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert traced_first > 0 and len(traces) == traced_first
     assert first.shape == second.shape == (10, 2) and not np.allclose(first, second)
