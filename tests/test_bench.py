@@ -20,7 +20,7 @@ from test_task import FILLER, VOCAB, save_model
 from tinybert_jax.bench import cpu_isa
 from tinybert_jax.bench.__main__ import main as bench_main
 from tinybert_jax.bench.breakdown import PHASES, dropout_shapes
-from tinybert_jax.bench.machine import cpu_description
+from tinybert_jax.bench.machine import cpu_description, cpu_flags
 from tinybert_jax.models.bert import Bert, BertConfig, init_params
 
 # Installed here but not on the accelerator hosts (README, "Performance"): the accelerator benchmark runs without them.
@@ -235,7 +235,7 @@ def test_avx2_emulation_runs_the_step_in_a_restricted_process(tmp_path):
     assert report["machine"]["isa_emulated"] == "avx2" and report["step"]["examples_per_s"] > 0
 
 
-@pytest.mark.skipif("avx512f" not in cpu_isa.cpu_flags(), reason="nothing to restrict on a CPU without AVX-512")
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="nothing to restrict on a CPU without AVX-512")
 def test_avx2_restriction_after_a_computation_is_refused():
     """YNNPACK reads its flags once, at its first matrix product: restricting later would measure AVX-512 kernels
     under an AVX2 label, so it is an error."""

@@ -67,10 +67,13 @@ def restrict_jaxlib() -> None:
         return
     import jaxlib
 
+    from tinybert_jax.bench.machine import cpu_flags  # machine imports this module
+
     library = Path(jaxlib.__file__).parent / "libjax_common.so"
     if not library.is_file():
         raise RuntimeError(f"{library} not found: this jaxlib cannot be restricted to AVX2 (use --isa=native)")
-    addresses = {name: load_address(library) + offset
+    loaded_at = load_address(library)
+    addresses = {name: loaded_at + offset
                  for name, offset in symbol_offsets(library, ("cpuinfo_isa", "cpuinfo_initialize",
                                                               "_ZN3ynn24get_supported_arch_flagsEv")).items()}
     if not ctypes.CFUNCTYPE(ctypes.c_bool)(addresses["cpuinfo_initialize"])():
@@ -87,13 +90,6 @@ def restrict_jaxlib() -> None:
     if ynn_flags & YNN_AVX512 or not ynn_flags & YNN_AVX2:
         raise RuntimeError(f"YNNPACK's CPU flags are {ynn_flags:#x} after the restriction: expected AVX2 without "
                            "AVX-512 (did a computation run before restrict_jaxlib?)")
-
-
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
 
 
 def symbol_offsets(library: Path, names: tuple[str, ...]) -> dict[str, int]:

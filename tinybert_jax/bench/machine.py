@@ -15,23 +15,42 @@ ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx
              "amx_int8", "asimd", "sve", "sve2")
 
 
-def cpu_description(cpuinfo: str) -> tuple[str, list[str]]:
-    """(model, ISA extensions present) from /proc/cpuinfo text: the model name, with family and model number
-    when the name alone does not tell the generation (virtual machines often report just "AMD EPYC")."""
+def _first_fields(cpuinfo: str) -> dict[str, str]:
+    """The first processor's `key: value` lines of /proc/cpuinfo text."""
     fields = {}
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _flags(fields: dict[str, str]) -> set[str]:
+    return set((fields.get("flags") or fields.get("Features") or "").split())
+
+
+def _this_cpuinfo() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.read_text() if cpuinfo.is_file() else ""
+
+
+def cpu_flags() -> set[str]:
+    """Every feature flag this machine's CPU reports (empty without /proc/cpuinfo)."""
+    return _flags(_first_fields(_this_cpuinfo()))
+
+
+def cpu_description(cpuinfo: str) -> tuple[str, list[str]]:
+    """(model, ISA extensions present) from /proc/cpuinfo text: the model name, with family and model number
+    when the name alone does not tell the generation (virtual machines often report just "AMD EPYC")."""
+    fields = _first_fields(cpuinfo)
     name = fields.get("model name") or fields.get("Model name") or platform.processor() or "unknown CPU"
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']} model {fields['model']})"
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    flags = _flags(fields)
     return name, [flag for flag in ISA_FLAGS if flag in flags]
 
 
 def machine_info() -> dict:
-    cpuinfo = Path("/proc/cpuinfo")
-    model, isa = cpu_description(cpuinfo.read_text() if cpuinfo.is_file() else "")
+    model, isa = cpu_description(_this_cpuinfo())
     devices = jax.devices()
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu_model": model, "isa": isa,
             "device": devices[0].device_kind if devices else "none", "devices": [str(d) for d in devices],
