@@ -95,6 +95,21 @@ def test_labels_columns_and_formats(tmp_path):
     assert custom.read_split(task, str(scores), "train").labels.tolist() == pytest.approx([4.5, -0.1])
 
 
+@pytest.mark.parametrize("suffix", custom.FORMATS)
+def test_a_byte_order_mark_reads_as_the_same_file(tmp_path, suffix):
+    """Spreadsheet programs save UTF-8 with a byte-order mark before the header; the file reads as without it."""
+    rows = {"csv": "text,label\nna\u00efve caf\u00e9,x\nb,y\n", "tsv": "text\tlabel\nna\u00efve caf\u00e9\tx\nb\ty\n",
+            "jsonl": '{"text": "na\u00efve caf\u00e9", "label": "x"}\n{"text": "b", "label": "y"}\n'}[suffix]
+    read = {}
+    for name, prefix in (("plain", b""), ("bom", b"\xef\xbb\xbf")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"train.{suffix}").write_bytes(prefix + rows.encode())
+        task = custom.custom_task(data_config(tmp_path / name))
+        examples = custom.read_split(task, str(tmp_path / name), "train")
+        read[name] = (task.labels, examples.text_a, examples.labels.tolist())
+    assert read["bom"] == read["plain"] == (("x", "y"), ["na\u00efve caf\u00e9", "b"], [0, 1])
+
+
 @pytest.mark.parametrize("files, settings, message", [
     ({"train.csv": "text,label\na,x\nb,y\n", "dev.csv": "text\nb\n"}, {}, "dev.csv:2: no column 'label'"),
     ({"train.csv": "text,label\na,x\nb,y\n", "dev.csv": "text,label\nb,z\n"}, {},

@@ -108,7 +108,9 @@ def _labels_in(source: str, label_column: str) -> tuple[str, ...]:
 def _rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, {column: value}) of every example row."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        # utf-8-sig: spreadsheet programs start a UTF-8 file with a byte-order mark, which is no part of the
+        # first column's name
+        with open(path, encoding="utf-8-sig", newline="") as f:
             if path.suffix == ".jsonl":
                 for line, text in enumerate(f, start=1):
                     if text.strip():
