@@ -4,6 +4,7 @@ to the fixed-padding one."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -14,7 +15,8 @@ from tinybert_jax.distill.spec import init_trainable
 from tinybert_jax.distill.step import DistillSpec, distillation_losses, trim_teacher
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import Bert, BertConfig, init_params
-from tinybert_jax.task.data import batch_shapes, bucket_lengths, eval_batches, train_iterator
+from tinybert_jax.task.data import batch_shapes, batches_per_epoch, bucket_lengths, eval_batches, train_iterator
+from tinybert_jax.train.engine import stage_length
 from tinybert_jax.task.evaluate import predict
 
 
@@ -51,6 +53,30 @@ def task_arrays(count=203, seq_len=32, seed=0):
 
 def take(iterator, batches):
     return [next(iterator) for _ in range(batches)]
+
+
+@pytest.mark.parametrize("buckets", ["", "8"])
+@pytest.mark.parametrize("epochs", [1.0, 3.0])
+def test_num_epochs_means_every_example_seen_that_many_times(buckets, epochs):
+    """The step count of num_epochs=E over the batches the iterator really makes: each example E times or more
+    (bucketed epochs are ceil(N / B) batches, the last completed with repeats), and no more than one extra epoch."""
+    arrays, batch = task_arrays(count=193), 16  # 12.06 batches: E * N / B steps would leave a bucketed epoch short
+    lengths = bucket_lengths(buckets, 32)
+    stage = ml_collections.ConfigDict(dict(num_steps=0, num_epochs=epochs, min_steps=0))
+    steps = stage_length(stage, "stage1", 193, batches_per_epoch(arrays, batch, lengths)).num_steps
+    seen = np.bincount(np.concatenate([b["index"] for b in take(train_iterator(arrays, batch, 3, buckets=lengths),
+                                                                  steps)]), minlength=193)
+    assert seen.min() >= epochs and seen.min() <= epochs + 1
+
+
+def test_min_steps_raises_short_stages_and_says_why():
+    stage = ml_collections.ConfigDict(dict(num_steps=0, num_epochs=3.0, min_steps=100))
+    length = stage_length(stage, "stage2", 203, 203 / 16)
+    assert length.num_steps == 100 and "below stage2.min_steps=100" in length.reason and "7.88 epochs" in length.reason
+    stage.min_steps = 20
+    assert stage_length(stage, "stage2", 203, 203 / 16).num_steps == 39
+    stage.num_steps = 7
+    assert stage_length(stage, "stage2", 203, 203 / 16).num_steps == 7  # an explicit count is kept as it is
 
 
 def test_bucketed_batches_cover_every_example_one_bucket_each_and_are_deterministic():

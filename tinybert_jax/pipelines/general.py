@@ -44,8 +44,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         config.data.source, prepared_dir, str(teacher_dir), config.data.seq_len, config.seed,
         tfds_data_dir=config.data.tfds_data_dir, tfds_text_key=config.data.tfds_text_key,
         short_seq_prob=config.data.short_seq_prob))
-    job.num_steps = engine.steps_for(config.train.num_steps, config.train.num_epochs, data_meta["count"],
-                                     config.train.batch_size, "train")
+    job.num_steps = engine.stage_length(config.train, "train", data_meta["count"],
+                                        data_meta["count"] / config.train.batch_size).num_steps
     token_weights = None
     if uses_masking(spec.matches):  # DistilBERT's rare-token smoothing: positions drawn by count^-smoothing
         ids = data_meta["tokenizer"]

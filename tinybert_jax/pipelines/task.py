@@ -31,8 +31,8 @@ from tinybert_jax.distill.step import DistillSpec, make_distill_step
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, abstract_params
 from tinybert_jax.task import classifier, fingerprint
-from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, bucket_lengths, count, encode_train, load_dev_sets, \
-    seq_len_for, train_iterator
+from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, batches_per_epoch, bucket_lengths, count, \
+    encode_train, load_dev_sets, seq_len_for, train_iterator
 from tinybert_jax.task.evaluate import evaluate, main_score, predict
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
@@ -40,10 +40,11 @@ from tinybert_jax.train.loop import LoopRecord
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     seeds = seed_list(config)
-    if not (config.seeds_whole_pipeline and len(seeds) > 1):
+    if not (config.seeds_whole_pipeline and config.seeds):
         run_once(config, Path(workdir))
         return
-    # the whole pipeline once per seed, each in WORKDIR/seed_N; WORKDIR/report.json compares them
+    # the whole pipeline once per seed (a single listed seed too: it is the seed the user asked for), each in
+    # WORKDIR/seed_N; WORKDIR/report.json compares them
     student_scores = {}
     for seed in seeds:
         seeded = with_seed(config, seed)
@@ -244,8 +245,10 @@ def plan_stage1(config, task, teacher_cfg, teacher_params, student_cfg, seq_len:
 def stage1(config, spec: DistillSpec, trimmed: dict, job: engine.Job, train: Arrays) -> LoopRecord:
     """Intermediate-layer distillation; saves the student to WORKDIR/stage1/student."""
     stage = config.stage1
-    job.num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, "stage1")
     buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
+    length = engine.stage_length(stage, "stage1", count(train), batches_per_epoch(train, stage.batch_size, buckets))
+    logging.info("%s: %d steps: %s", job.desc, length.num_steps, length.reason)
+    job.num_steps = length.num_steps
     result = engine.train(config, job, lambda rng: init_trainable(spec, rng),
                           lambda tx, schedule: make_distill_step(spec, tx, schedule),
                           lambda rows: train_iterator(train, stage.batch_size, config.seed, rows, buckets),

@@ -15,7 +15,8 @@ from tinybert_jax import convert, distributed, hf_checkpoint
 from tinybert_jax.data import glue
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, boxed_params
-from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, bucket_lengths, count, train_iterator
+from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, batches_per_epoch, bucket_lengths, count, \
+    train_iterator
 from tinybert_jax.task.evaluate import BestOnDev
 from tinybert_jax.task.steps import make_task_step
 from tinybert_jax.train import engine
@@ -73,13 +74,14 @@ def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer:
     with dev evaluation every eval.every_steps; returns the keeper of the best-on-dev parameters and the record.
     config[section] holds batch_size, num_steps and num_epochs."""
     stage = config[section]
-    num_steps = engine.steps_for(stage.num_steps, stage.num_epochs, count(train), stage.batch_size, section)
-    job = engine.job_for(config, desc, directory, num_steps, stage.batch_size, optimizer,
+    buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
+    length = engine.stage_length(stage, section, count(train), batches_per_epoch(train, stage.batch_size, buckets))
+    logging.info("%s: %d steps: %s", desc, length.num_steps, length.reason)
+    job = engine.job_for(config, desc, directory, length.num_steps, stage.batch_size, optimizer,
                          {"task": task.name, "model": dataclasses.asdict(cfg), "examples": count(train)},
                          initial={"model": init_params}, eval_every_steps=config.eval.every_steps,
                          section=section)
     best = BestOnDev(task, cfg, dev_sets, config.eval.batch_size, directory / "best")
-    buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
     result = engine.train(
         config, job, lambda rng: {"model": boxed_params(cfg, rng)},
         lambda tx, schedule: make_task_step(cfg, tx, schedule, task.is_regression, temperature),

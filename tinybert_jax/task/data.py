@@ -87,6 +87,13 @@ def cut_rows(arrays: Arrays, indices: np.ndarray, length: Optional[int]) -> Arra
             for name, values in arrays.items()}
 
 
+def batches_per_epoch(arrays: Arrays, global_batch_size: int, buckets: Optional[tuple[int, ...]]) -> float:
+    """Global batches in one pass over the examples: a bucketed epoch is whole batches (`loader.bucketed_batches`:
+    ceil(N / B), the last one completed with repeats); without buckets batches straddle epochs (N / B)."""
+    examples = count(arrays)
+    return float(-(-examples // global_batch_size)) if buckets is not None else examples / global_batch_size
+
+
 def batch_shapes(arrays: Arrays, global_batch_size: int,
                  buckets: Optional[tuple[int, ...]]) -> list[dict[str, tuple[tuple[int, ...], np.dtype]]]:
     """{name: (shape, dtype)} of every global batch shape training can meet: one per bucket that can form a batch

@@ -72,14 +72,30 @@ def job_for(config: ml_collections.ConfigDict, desc: str, directory: Path, num_s
                **{"checkpoint_every_steps": config.checkpoint.every_steps, **settings})
 
 
-def steps_for(num_steps: int, num_epochs: float, examples: int, batch_size: int, where: str) -> int:
-    """num_steps when > 0, else the steps of num_epochs passes over `examples` (`where` names the config section)."""
-    if num_steps > 0:
-        return int(num_steps)
-    steps = math.ceil(num_epochs * examples / batch_size)
+@dataclasses.dataclass(frozen=True)
+class StageLength:
+    """How many steps a run trains and why, in one line for the log and the report."""
+
+    num_steps: int
+    reason: str
+
+
+def stage_length(stage: ml_collections.ConfigDict, where: str, examples: int, batches_per_epoch: float
+                 ) -> StageLength:
+    """The steps of config section `where` (`stage`): its num_steps when > 0; else num_epochs passes over the data
+    (`batches_per_epoch` global batches each), raised to the section's min_steps when that is more, so a small data
+    set still gets enough updates (README, "Stage lengths")."""
+    if stage.num_steps > 0:
+        return StageLength(int(stage.num_steps), f"{where}.num_steps={stage.num_steps}")
+    steps = math.ceil(stage.num_epochs * batches_per_epoch)
     if steps < 1:
-        raise InputError(f"{where}.num_epochs={num_epochs} over {examples} examples is no step")
-    return steps
+        raise InputError(f"{where}.num_epochs={stage.num_epochs} over {examples} examples is no step")
+    epochs = f"{where}.num_epochs={stage.num_epochs:g} over {examples} examples"
+    floor = int(stage.get("min_steps", 0))
+    if steps >= floor:
+        return StageLength(steps, f"{epochs} ({batches_per_epoch:.4g} batches each)")
+    return StageLength(floor, f"{epochs} is {steps} steps, below {where}.min_steps={floor}: {floor} steps "
+                              f"({floor / batches_per_epoch:.3g} epochs)")
 
 
 def checkpoints_for(config: ml_collections.ConfigDict, job: Job) -> RunCheckpoints:
