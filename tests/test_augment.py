@@ -327,7 +327,7 @@ def test_interrupted_augmentation_resumes_after_its_last_saved_part(assets, tmp_
     def counting(self, texts, *args, **kwargs):
         calls.append(len(texts))
         if len(calls) == 3 and stop_at_third:
-            (tmp_path / "out.parts" / "part-0000000020.array_record.tmp").write_bytes(b"half")
+            (tmp_path / "out.parts" / "augmented-00002.array_record.tmp").write_bytes(b"half")
             raise Interrupted()
         return original(self, texts, *args, **kwargs)
 
@@ -341,6 +341,51 @@ def test_interrupted_augmentation_resumes_after_its_last_saved_part(assets, tmp_
     assert calls == [6] and not (tmp_path / "out.parts").exists()  # only the last part (sentences 20..25)
     assert read_augmented(tmp_path / "out")[0] == read_augmented(tmp_path / "whole")[0]
     assert metadata["count"] == len(read_augmented(tmp_path / "whole")[0]) and len(metadata["shards"]) == 3
+
+
+def test_a_stop_at_any_rename_of_the_assembly_loses_nothing(assets, tmp_path, monkeypatch):
+    """Stopped at each rename in turn (parts saved, the output being assembled from them), the run started again
+    finishes with the uninterrupted run's output, and without augmenting the saved parts again."""
+    texts = assets.sentences[:26]
+    examples = types.SimpleNamespace(text_a=texts, text_b=None, labels=np.arange(26) % 2)
+    augment_examples(examples, assets.augmenter, tmp_path / "whole", chunk_size=10)
+    whole = read_augmented(tmp_path / "whole")
+    renames = {"os.replace": os.replace, "os.rename": os.rename}
+    stop_at = 0
+    while True:
+        stop_at += 1
+        out, calls = tmp_path / f"out{stop_at}", []
+
+        def counted(name):
+            def rename(source, target, **kwargs):
+                calls.append(name)
+                if len(calls) == stop_at:
+                    raise Interrupted()
+                return renames[name](source, target, **kwargs)
+            return rename
+
+        monkeypatch.setattr(os, "replace", counted("os.replace"))
+        monkeypatch.setattr(os, "rename", counted("os.rename"))
+        try:
+            augment_examples(examples, assets.augmenter, out, chunk_size=10)
+            finished = True
+        except Interrupted:
+            finished = False
+        monkeypatch.setattr(os, "replace", renames["os.replace"])
+        monkeypatch.setattr(os, "rename", renames["os.rename"])
+        if finished:  # stop_at is past the last rename: every one of them has been tried
+            break
+        saved = len(list(out.with_name(out.name + ".parts").glob("part-*.json")))
+        augmented = []
+        original = Augmenter.augment
+        monkeypatch.setattr(Augmenter, "augment", lambda self, texts, *a, **k: (
+            augmented.append(len(texts)), original(self, texts, *a, **k))[1])
+        augment_examples(examples, assets.augmenter, out, chunk_size=10)
+        monkeypatch.setattr(Augmenter, "augment", original)
+        assert read_augmented(out)[0] == whole[0] and read_augmented(out)[2].tolist() == whole[2].tolist()
+        assert sum(augmented) == sum([10, 10, 6][saved:]), (stop_at, augmented)  # only the parts not yet saved
+        assert not out.with_name(out.name + ".parts").exists()
+    assert stop_at > 6  # the renames of three parts and of the assembly were each interrupted once
 
 
 @pytest.mark.slow

@@ -30,23 +30,45 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     InputError naming `out_dir` and the reason.
     """
     out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not overwrite and not is_empty_dir(out_dir):
-        raise InputError(f"{out_dir} already exists; choose another output directory or pass overwrite")
+    _check_replaceable(out_dir, overwrite)
     tmp = None
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        yield tmp
-        _apply_umask(tmp)
-        _move_into_place(tmp, out_dir)
+        with _write_errors(out_dir):
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+            yield tmp
+            _apply_umask(tmp)
+            _move_into_place(tmp, out_dir)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # after success it no longer exists
+
+
+def publish_dir(complete: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Makes the finished directory `complete` (on out_dir's file system) `out_dir` in one rename, as
+    `atomic_output_dir` does at its end: for outputs assembled in a directory of their own over several runs."""
+    out_dir = Path(out_dir).absolute()
+    _check_replaceable(out_dir, overwrite)
+    with _write_errors(out_dir):
+        _apply_umask(Path(complete))
+        _move_into_place(Path(complete), out_dir)
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not overwrite and not is_empty_dir(out_dir):
+        raise InputError(f"{out_dir} already exists; choose another output directory or pass overwrite")
+
+
+@contextlib.contextmanager
+def _write_errors(out_dir: Path) -> Iterator[None]:
+    """An OSError (disk full, read-only file system, no permission) as an InputError naming `out_dir`."""
+    try:
+        yield
     except OSError as e:
         reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         kept = "the previous contents are unchanged" if out_dir.exists() else "nothing was written"
         raise InputError(f"{out_dir}: could not be written ({reason}); {kept}; free space or choose a writable "
                          f"output directory") from e
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)  # after success it no longer exists
 
 
 def is_empty_dir(path: Path) -> bool:

@@ -57,7 +57,7 @@ from tinybert_jax.data.glove import GloveIndex, load_glove
 from tinybert_jax.data.loader import METADATA_FILE
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.errors import InputError
-from tinybert_jax.files import atomic_output_dir, read_json
+from tinybert_jax.files import publish_dir, read_json
 from tinybert_jax.models.bert import Bert, BertConfig, unstack_layers
 
 log = logging.getLogger(__name__)
@@ -464,7 +464,9 @@ def write_augmented(out_dir: str | Path, count: int, chunk_records: Callable[[in
     augments chunks p, p+P, ... and saves each, as soon as it is done, as one shard in `<out_dir>.parts/` (the
     shard, then its record count and statistics). A run interrupted and started again skips the saved chunks,
     provided the parts were made with the same `resume_key`, settings and chunking (otherwise they are deleted and
-    made again). When every process is done, process 0 moves the shards into `out_dir` in chunk order. Each
+    made again). Each shard is written under the name it has in the output, so when every process is done, process
+    0 writes metadata.json beside them and `<out_dir>.parts/` becomes `out_dir` in one directory rename: an
+    interruption at any point leaves either the resumable parts or the finished output. Each
     sentence's variants come from its own random stream, so the output is the same for any chunk size, process
     count, device count and batch size.
     """
@@ -482,18 +484,23 @@ def write_augmented(out_dir: str | Path, count: int, chunk_records: Callable[[in
               desc="augment" + (f" (1/{jax.process_count()} of the data)" if jax.process_count() > 1 else ""),
               unit="sentence", smoothing=0.1, disable=not distributed.is_leader()) as bar:
         for start in todo:
-            _write_part(parts, start, start + size(start), chunk_records)
+            _write_part(parts, start, start + size(start), chunk_size, chunk_records)
             bar.update(size(start))
     distributed.barrier("augmentation parts written")
     metadata = None
     if distributed.is_leader():
-        metadata = _assemble_parts(parts, starts, out_dir, overwrite, count, augmenter, fields)
+        metadata = _assemble_parts(parts, starts, chunk_size, out_dir, overwrite, count, augmenter, fields)
     distributed.barrier("augmented data assembled")
     return metadata
 
 
 def _part_name(start: int, suffix: str) -> str:
     return f"part-{start:010d}{suffix}"
+
+
+def _shard_name(start: int, chunk_size: int) -> str:
+    """The chunk's shard, named as the output lists it."""
+    return f"augmented-{start // chunk_size:05d}.array_record"
 
 
 def _open_parts(parts: Path, identity: dict) -> None:
@@ -511,10 +518,11 @@ def _open_parts(parts: Path, identity: dict) -> None:
     distributed.barrier("augmentation parts ready")
 
 
-def _write_part(parts: Path, start: int, stop: int, chunk_records) -> None:
+def _write_part(parts: Path, start: int, stop: int, chunk_size: int, chunk_records) -> None:
     """Examples [start, stop) augmented into one shard, then its summary, whose presence marks the part done."""
     stats = AugmentStats()
-    shard, tmp = parts / _part_name(start, ".array_record"), parts / _part_name(start, ".array_record.tmp")
+    shard = parts / _shard_name(start, chunk_size)
+    tmp = shard.with_name(shard.name + ".tmp")
     written = 0
     writer = shards.writer(tmp)
     try:
@@ -529,21 +537,30 @@ def _write_part(parts: Path, start: int, stop: int, chunk_records) -> None:
     os.replace(summary.with_suffix(".tmp"), summary)
 
 
-def _assemble_parts(parts: Path, starts: list[int], out_dir: Path, overwrite: bool, count: int,
+def _assemble_parts(parts: Path, starts: list[int], chunk_size: int, out_dir: Path, overwrite: bool, count: int,
                     augmenter: Augmenter, fields: dict) -> dict:
+    """The finished parts as `out_dir`: metadata.json written into `parts`, then one rename. Nothing is moved shard
+    by shard, so a stop part-way loses nothing (on a file system where a rename is a copy, one shard at a time
+    would be minutes of exposure) and running again finishes the job."""
     total, stats, names = 0, AugmentStats(), []
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        for number, start in enumerate(starts):
-            summary = read_json(parts / _part_name(start, ".json"))
-            names.append(f"augmented-{number:05d}.array_record")
-            os.replace(parts / _part_name(start, ".array_record"), tmp / names[-1])
-            total += summary["count"]
-            for name, value in summary["stats"].items():
-                setattr(stats, name, getattr(stats, name) + value)
-        metadata = {"kind": AUGMENTED_KIND, "count": total, "original_count": count, **fields, "shards": names,
-                    "settings": augmenter.settings(), "stats": dataclasses.asdict(stats)}
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    shutil.rmtree(parts, ignore_errors=True)
+    for start in starts:
+        names.append(_shard_name(start, chunk_size))
+        if not (parts / names[-1]).is_file():
+            raise InputError(f"{parts / names[-1]}: missing, though {_part_name(start, '.json')} marks it written; "
+                             f"delete {parts} to augment again")
+        summary = read_json(parts / _part_name(start, ".json"))
+        total += summary["count"]
+        for name, value in summary["stats"].items():
+            setattr(stats, name, getattr(stats, name) + value)
+    metadata = {"kind": AUGMENTED_KIND, "count": total, "original_count": count, **fields, "shards": names,
+                "settings": augmenter.settings(), "stats": dataclasses.asdict(stats)}
+    for stale in parts.glob("*.tmp"):  # a shard half-written by an interrupted run, since written again
+        stale.unlink()
+    (parts / (METADATA_FILE + ".tmp")).write_text(json.dumps(metadata, indent=2) + "\n")
+    os.replace(parts / (METADATA_FILE + ".tmp"), parts / METADATA_FILE)
+    publish_dir(parts, out_dir, overwrite=overwrite)
+    for leftover in [out_dir / "identity.json", *out_dir.glob("part-*.json")]:  # bookkeeping of the parts
+        leftover.unlink(missing_ok=True)
     log.info("augmented %d examples into %d (%s) at %s", count, total, dataclasses.asdict(stats), out_dir)
     return metadata
 
