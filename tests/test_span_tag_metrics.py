@@ -20,23 +20,38 @@ def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
 
-def test_exact_match_and_f1_hand_checked():
+@pytest.mark.parametrize("with_no_answer", [False, True])
+def test_exact_match_and_f1_hand_checked(with_no_answer):
     assert exact_match("The Cat!", ["cat"]) == 1.0
     assert exact_match("cat", ["dog", "a cat."]) == 1.0
     assert exact_match("cats", ["cat"]) == 0.0
-    assert f1("the cat sat", ["cat sat on mat"]) == pytest.approx(2 / 3)  # P = 1, R = 1/2
-    assert f1("cat cat cat", ["cat"]) == pytest.approx(0.5)  # overlap counts each gold token once: P = 1/3
-    assert f1("black cat", ["dog", "a black cat sat", "cat"]) == pytest.approx(max(0, 0.8, 2 / 3))
-    assert f1("dog", ["cat"]) == 0.0
-    # Either side normalising to no tokens: 1.0 only if both do.
-    assert f1("the", ["a"]) == 1.0 and exact_match("the", ["a"]) == 1.0
-    assert f1("the", ["cat"]) == 0.0 and f1("cat", ["the"]) == 0.0
+    version = {"with_no_answer": with_no_answer}
+    assert f1("the cat sat", ["cat sat on mat"], **version) == pytest.approx(2 / 3)  # P = 1, R = 1/2
+    assert f1("cat cat cat", ["cat"], **version) == pytest.approx(0.5)  # each gold token overlaps once: P = 1/3
+    assert f1("black cat", ["dog", "a black cat sat", "cat"], **version) == pytest.approx(max(0, 0.8, 2 / 3))
+    assert f1("dog", ["cat"], **version) == 0.0
+
+
+@pytest.mark.parametrize("with_no_answer", [False, True])
+def test_f1_of_answers_normalising_to_nothing_follows_the_version(with_no_answer):
+    # v1.1 scores F1 by common tokens, none when a side is empty; v2.0 counts an empty side as a no-answer, right
+    # exactly when both are. Exact match is normalised equality in both.
+    both_empty = 1.0 if with_no_answer else 0.0
+    assert f1("the", ["a"], with_no_answer=with_no_answer) == both_empty
+    assert f1("", ["a"], with_no_answer=with_no_answer) == both_empty
+    assert f1("the", ["a", "dog"], with_no_answer=with_no_answer) == both_empty
+    assert exact_match("the", ["a"]) == 1.0 and exact_match("", ["a"]) == 1.0
+    assert f1("the", ["cat"], with_no_answer=with_no_answer) == 0.0
+    assert f1("cat", ["the"], with_no_answer=with_no_answer) == 0.0
+    scores = squad_scores(["the", "the cat"], np.zeros(2), [["a"], ["cat"]], with_no_answer=with_no_answer)
+    assert scores["exact_match"] == 1.0 and scores["f1"] == (1.0 if with_no_answer else 0.5)
 
 
 def test_no_answer_golds_need_the_empty_prediction():
-    assert exact_match("", []) == 1.0 and f1("", []) == 1.0
-    assert exact_match("cat", []) == 0.0 and f1("cat", []) == 0.0
-    assert exact_match("the", []) == 0.0 and f1("the", []) == 0.0  # a span, even one that normalises to nothing
+    assert exact_match("", []) == 1.0 and f1("", [], with_no_answer=True) == 1.0
+    assert exact_match("cat", []) == 0.0 and f1("cat", [], with_no_answer=True) == 0.0
+    # a span, even one that normalises to nothing
+    assert exact_match("the", []) == 0.0 and f1("the", [], with_no_answer=True) == 0.0
 
 
 def _reference_normalize(s):
@@ -45,9 +60,11 @@ def _reference_normalize(s):
     return " ".join(s.split())
 
 
-def _reference_f1(prediction, gold):
+def _reference_f1(prediction, gold, with_no_answer):
+    """The official scripts' F1: v1.1 from common token counts alone, v2.0 first 1 or 0 when either side is
+    empty, as int(gold_toks == pred_toks)."""
     p, g = _reference_normalize(prediction).split(), _reference_normalize(gold).split()
-    if len(p) == 0 or len(g) == 0:
+    if with_no_answer and (len(p) == 0 or len(g) == 0):
         return int(p == g)
     same = sum((Counter(p) & Counter(g)).values())
     if same == 0:
@@ -56,7 +73,8 @@ def _reference_f1(prediction, gold):
     return 2 * precision * recall / (precision + recall)
 
 
-def test_f1_and_exact_match_match_reference_on_random_pairs():
+@pytest.mark.parametrize("with_no_answer", [False, True])
+def test_f1_and_exact_match_match_reference_on_random_pairs(with_no_answer):
     rng = np.random.default_rng(0)
     words = ["the", "The", "a", "An", "cat", "Cat.", "dog", "dog,", "theater", "an-", "(1,000)", "1000", "x",
              "  ", "!", "sat", "mat's", "mats"]
@@ -66,7 +84,8 @@ def test_f1_and_exact_match_match_reference_on_random_pairs():
 
     for _ in range(200):
         prediction, golds = phrase(), [phrase() for _ in range(rng.integers(1, 4))]
-        assert f1(prediction, golds) == pytest.approx(max(_reference_f1(prediction, g) for g in golds))
+        assert f1(prediction, golds, with_no_answer=with_no_answer) == pytest.approx(
+            max(_reference_f1(prediction, g, with_no_answer) for g in golds))
         expected_em = max(float(_reference_normalize(prediction) == _reference_normalize(g)) for g in golds)
         assert exact_match(prediction, golds) == expected_em
 
@@ -116,12 +135,47 @@ def test_best_span_excludes_non_context_tokens():
     assert margin == pytest.approx(18.0 - 2.0)
 
 
-def test_best_span_restricted_to_n_best():
-    # Start's best positions are question tokens; with n_best=2 no context start remains.
-    start, end = _logits({1: 9.0, 2: 8.0, 5: 1.0}, {6: 1.0})
-    assert _one_window(start, end, n_best=3)[0] == "bc"
-    answer, margin = _one_window(start, end, n_best=2)
-    assert answer == "" and margin == NO_SPAN_MARGIN
+def test_best_span_restricted_to_n_best_context_tokens():
+    # The question tokens' 9.0 takes no slot. Context starts rank 6, 4, 5, 7 and ends 4, 5, 7, 6: the best span
+    # 6..7 needs the third end, 4..4 the second start, and the first start and end make no span.
+    start, end = _logits({1: 9.0, 2: 9.0, 4: -2.0, 5: -3.0, 6: 3.0, 7: -4.0},
+                         {1: 9.0, 3: 9.0, 4: 2.0, 5: 1.5, 6: -3.0, 7: -1.0})
+    assert _one_window(start, end, n_best=3) == ("cd", pytest.approx(0.0 - 2.0))
+    assert _one_window(start, end, n_best=2) == ("a", pytest.approx(0.0 - 0.0))
+    assert _one_window(start, end, n_best=1) == ("", NO_SPAN_MARGIN)
+
+
+# One window of 48 positions: [CLS] q q [SEP], context "abcdefgh" at 4..11, [SEP] at 12; its real length 13 puts it
+# in the bucket of 16, past which a bucketed forward leaves 0.0.
+PADDED_OFFSETS = np.array([[-1, -1]] * 4 + [[i, i + 1] for i in range(8)] + [[-1, -1]] * 36)
+REAL_LENGTH, BUCKET_LENGTH = 13, 16
+# A trained model's context logits are mostly negative, its [CLS] (here -8 each) and question logits lower.
+CROWDED_OUT = ([-4.0, -2.0, -5.0, -3.0, -6.0, -4.0, -5.0, -6.0], [-6.0, -5.0, -3.0, -1.5, -4.0, -5.0, -6.0, -6.0])
+START_AFTER_END = ([-4.0, -3.0, -5.0, -5.0, -6.0, -1.0, -5.0, -6.0], [-6.0, -5.0, -1.0, -5.0, -2.5, -5.0, -6.0, -6.0])
+
+
+def _padded_window(context_logits, padding):
+    """Start or end logits [1, 48] of the window: -8 at the special, question and padding tokens of a forward at
+    fixed padding, 0.0 past the bucket length in a bucketed one, or any values outside the context."""
+    logits = np.full(48, -8.0)
+    logits[4:12] = context_logits
+    if padding == "bucketed":
+        logits[BUCKET_LENGTH:] = 0.0
+    elif padding == "arbitrary":
+        outside = PADDED_OFFSETS[:, 0] == -1
+        outside[0] = False  # [CLS]: the null score
+        logits[outside] = np.random.default_rng(5).normal(size=39) * 10
+    return logits[None]
+
+
+@pytest.mark.parametrize("padding", ["fixed", "bucketed", "arbitrary"])
+@pytest.mark.parametrize("context_logits, answer, score", [(CROWDED_OUT, "bcd", -3.5), (START_AFTER_END, "bc", -4.0)])
+def test_best_span_ignores_logits_outside_the_context(padding, context_logits, answer, score):
+    # START_AFTER_END: its best start, 9, lies after its best end, 6; the best span with s <= e is 5..6.
+    start, end = (_padded_window(values, padding) for values in context_logits)
+    answers, margin = best_spans(start, end, PADDED_OFFSETS[None], np.array([0]), ["abcdefgh"])
+    assert answers == [answer]
+    np.testing.assert_allclose(margin, [-16.0 - score])
 
 
 def test_best_span_across_overlapping_windows():
@@ -141,11 +195,12 @@ def test_best_span_across_overlapping_windows():
 def _brute_force_spans(start, end, offsets, example_index, contexts, n_best, max_answer_len):
     best = {}
     for w in range(len(start)):
-        starts = np.argsort(-start[w], kind="stable")[:n_best]
-        ends = np.argsort(-end[w], kind="stable")[:n_best]
+        context = np.flatnonzero(offsets[w, :, 0] != -1)
+        starts = context[np.argsort(-start[w, context], kind="stable")[:n_best]]
+        ends = context[np.argsort(-end[w, context], kind="stable")[:n_best]]
         for s in starts:
             for e in ends:
-                if offsets[w, s, 0] == -1 or offsets[w, e, 0] == -1 or e < s or e - s + 1 > max_answer_len:
+                if e < s or e - s + 1 > max_answer_len:
                     continue
                 score = start[w, s] + end[w, e]
                 example = example_index[w]
@@ -177,6 +232,31 @@ def test_best_spans_match_brute_force_on_random_windows():
                 assert margin[example] == pytest.approx(cls - expected[example][0])
             else:
                 assert answers[example] == "" and margin[example] == NO_SPAN_MARGIN
+
+
+def test_best_spans_agree_between_fixed_padding_and_buckets():
+    """Windows of different real lengths decoded from a forward at fixed padding, from a bucketed one (0.0 past each
+    window's bucket of a multiple of 8) and with any other values outside the context: equal answers and margins."""
+    rng = np.random.default_rng(4)
+    windows, tokens, examples = 30, 48, 15
+    example_index = np.arange(windows) // 2
+    contexts = ["".join(rng.choice(list("abcdefgh"), 40)) for _ in range(examples)]
+    lengths = rng.integers(8, tokens + 1, windows)
+    offsets = np.full((windows, tokens, 2), -1)
+    for w, length in enumerate(lengths):  # [CLS] q q q [SEP] context [SEP]
+        offsets[w, 5:length - 1] = np.stack([np.arange(length - 6), np.arange(1, length - 5)], axis=-1)
+    start, end = rng.normal(size=(2, windows, tokens)) - 4.0
+    inside_bucket = np.arange(tokens) < (-(-lengths // 8) * 8)[:, None]
+    outside_context = offsets[..., 0] == -1
+    outside_context[:, 0] = False  # [CLS]: the null score
+    fixed = best_spans(start, end, offsets, example_index, contexts)
+    assert all(fixed[0]) and np.all(fixed[1] < NO_SPAN_MARGIN)  # every window has context tokens
+    for other in (np.where(inside_bucket, start, 0.0), np.where(inside_bucket, end, 0.0)), (
+            np.where(outside_context, rng.normal(size=start.shape) * 10, start),
+            np.where(outside_context, rng.normal(size=end.shape) * 10, end)):
+        answers, margin = best_spans(*other, offsets, example_index, contexts)
+        assert answers == fixed[0]
+        np.testing.assert_array_equal(margin, fixed[1])
 
 
 def test_squad_v1_scores_average_the_predictions():
@@ -215,7 +295,8 @@ def test_squad_v2_threshold_is_best_over_all_candidates():
         scores = squad_scores(predictions, margin, golds, with_no_answer=True)
 
         def f1_at(threshold):
-            return np.mean([f1("" if m > threshold else p, g) for p, m, g in zip(predictions, margin, golds)])
+            return np.mean([f1("" if m > threshold else p, g, with_no_answer=True)
+                            for p, m, g in zip(predictions, margin, golds)])
 
         candidates = sorted(set(margin.tolist())) + [margin.min() - 1.0]
         best = max(f1_at(t) for t in candidates)
@@ -225,9 +306,9 @@ def test_squad_v2_threshold_is_best_over_all_candidates():
         assert scores["exact_match"] == pytest.approx(np.mean([exact_match(p, g) for p, g in zip(final, golds)]))
         answerable = [bool(g) for g in golds]
         assert scores["has_answer_f1"] == pytest.approx(
-            np.mean([f1(p, g) for p, g, a in zip(final, golds, answerable) if a]))
+            np.mean([f1(p, g, with_no_answer=True) for p, g, a in zip(final, golds, answerable) if a]))
         assert scores["no_answer_f1"] == pytest.approx(
-            np.mean([f1(p, g) for p, g, a in zip(final, golds, answerable) if not a]))
+            np.mean([f1(p, g, with_no_answer=True) for p, g, a in zip(final, golds, answerable) if not a]))
 
 
 def test_entity_scores_iob2_hand_counted():
