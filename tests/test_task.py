@@ -1,6 +1,7 @@
 """Task distillation end to end on a small SST-2-style task with tiny random-init models: fine-tune the teacher,
 augment, stage 1, stage 2, export, report."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -327,8 +328,39 @@ def test_stage2_per_seed_reports_each_seed_and_exports_the_best(finetuned, tmp_p
     per_seed = {str(seed): json.loads((whole / f"seed_{seed}" / "report.json").read_text())["student_score"]
                 for seed in (0, 1)}
     assert report["seed_scores"] == per_seed and (whole / "seed_1" / "export" / "config.json").is_file()
+    # one listed seed is still the seed of the whole pipeline, not config.seed
+    single = tmp_path / "single"
+    result = run_main("task", single, *common, "--config.seeds=5", "--config.seeds_whole_pipeline=True",
+                      "--config.stage1.num_steps=2", "--config.stage2.num_steps=4", "--config.eval.every_steps=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(json.loads((single / "report.json").read_text())["seed_scores"]) == ["5"]
+    assert (single / "seed_5" / "stage1" / "student" / "bert_config.json").is_file()
+    assert not (single / "stage1").exists()
     bad = run_main("task", tmp_path / "bad", *common, "--config.seeds=0,x")
     assert "seeds='0,x': give integer seeds" in last_error(bad)
+
+
+def test_stage2_and_its_export_are_refused_under_other_stage2_settings(finetuned, tmp_path):
+    """Like stage 1, stage 2 carries a fingerprint: a finished run (its export and report) or a half-done stage 2
+    is not reused under another stage-2 setting; the one-line error names the setting."""
+    root, data, _ = finetuned
+    student = save_model(tmp_path / "student", "BertModel", hidden_size=16, intermediate_size=24)
+    common = [f"--config.data.source={data}", f"--config.teacher.path={root / 'teacher' / 'export'}",
+              f"--config.student.init={student}", "--config.augment.enabled=False", "--config.stage1.batch_size=16",
+              "--config.stage1.num_steps=2", "--config.stage2.batch_size=16", "--config.stage2.num_steps=4",
+              "--config.eval.every_steps=4"]
+    workdir = tmp_path / "w"
+    assert run_main("task", workdir, *common).returncode == 0
+    exported = (workdir / "export" / "model.safetensors").read_bytes()
+    changed = run_main("task", workdir, *common, "--config.stage2.temperature=2.0")
+    assert changed.returncode != 0 and "stage2.temperature: 1.0 vs 2.0" in last_error(changed)
+    assert (workdir / "export" / "model.safetensors").read_bytes() == exported
+    # a stage 2 stopped half-way (no export yet) does not resume under another learning rate either
+    shutil.rmtree(workdir / "export")
+    changed = run_main("task", workdir, *common, "--config.stage2.optimizer.learning_rate=0.5")
+    assert "stage2.optimizer.learning_rate: " in last_error(changed)
+    again = run_main("task", workdir, *common)  # the same settings: stage 2 trains again and exports
+    assert again.returncode == 0 and (workdir / "export" / "model.safetensors").is_file()
 
 
 def test_stage1_settings_are_checked_before_augmentation(finetuned, tmp_path):

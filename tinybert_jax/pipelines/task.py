@@ -104,6 +104,7 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     prints = fingerprint.task_fingerprints(config, task, original, seq_len, teacher_params, permutation,
                                            student_params, projection)
     check_stage(workdir / "stage1", prints["stage1"], "stage 1")  # before hours of augmentation
+    check_stage(workdir / "stage2", prints["stage2"], "stage 2 (and the export made from it)")
     stage1_plan = None
     if not (workdir / "stage1" / "student" / "bert_config.json").is_file():
         initial = {"student": classifier.encoder_params(student_params, student_cfg),
@@ -125,7 +126,11 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     # one stage 2 per seed (config.seeds; else WORKDIR/stage2 with config.seed), all from the same stage 1
     seeds = seed_list(config)
     stage2_dirs = {seed: workdir / "stage2" / (f"seed_{seed}" if config.seeds else "") for seed in seeds}
-    if not (export_dir / "config.json").is_file():
+    stage2_fingerprint = workdir / "stage2" / "fingerprint.json"
+    if not ((export_dir / "config.json").is_file() and stage2_fingerprint.is_file()):
+        if distributed.is_leader():  # before anything is written there, so a half-done stage 2 is recognised too
+            fingerprint.write(stage2_fingerprint, prints["stage2"])
+        distributed.barrier("stage 2 fingerprint written")
         init = {**stage1_params, **({"pooler": student_params["pooler"]}
                                     if "pooler" in student_params and classifier_cfg.pooler else {})}
         train["teacher_logits"] = teacher_logits(teacher_cfg, teacher_params, permutation, train,

@@ -108,4 +108,20 @@ def task_fingerprints(config, task, train, seq_len: int, teacher_params: Any, pe
               "loss.mode": config.loss.mode, "loss.matches": "; ".join(match_entries(config.loss.matches))}
     if str(config.data.buckets).strip() not in ("", "0"):  # absent for fixed padding: older stage-1 runs resume
         stage1["data.buckets"] = str(config.data.buckets)
-    return {"augmented": augmented, "stage1": stage1, "teacher_logits": {**augmented, **teacher}}
+    # stage 2 (and the export and report made from it): every stage2.* setting, what picks the best-on-dev step,
+    # the seeds and the batches' shapes, on top of stage 1's inputs
+    stage2 = {**stage1, **flat("stage2", config.stage2.to_dict()), **flat("eval", config.eval.to_dict()),
+              "seeds": str(config.seeds), "data.buckets": str(config.data.buckets)}
+    return {"augmented": augmented, "stage1": stage1, "teacher_logits": {**augmented, **teacher}, "stage2": stage2}
+
+
+def flat(prefix: str, settings: dict) -> dict:
+    """{'prefix.key.subkey': value} of a nested settings dict (one fingerprint key per setting, so a difference
+    names the setting)."""
+    items = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            items.update(flat(f"{prefix}.{key}", value))
+        else:
+            items[f"{prefix}.{key}"] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    return items
