@@ -76,6 +76,15 @@ def smoke_distillation(c: ml_collections.ConfigDict, **student) -> None:
     c.log.every_steps = 5
 
 
+def task_eval() -> ml_collections.ConfigDict:
+    """The eval.* keys of the task configs: dev evaluation, best-on-dev keeping and early stopping."""
+    return ml_collections.ConfigDict(dict(
+        every_steps=0,  # 0: once an epoch, at most 1000 steps apart
+        patience=3,  # evaluations without a new best on dev before the run stops (0: never stop early)
+        batch_size=64,
+    ))
+
+
 def task_data() -> ml_collections.ConfigDict:
     """The data.* keys of the task configs (fine-tuning and task distillation)."""
     return ml_collections.ConfigDict(dict(

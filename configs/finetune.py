@@ -19,9 +19,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # the pre-trained BERT to fine-tune (it becomes the teacher of task distillation): HF dir or hub id
     c.teacher = ml_collections.ConfigDict(dict(path="bert-base-uncased"))
     c.data = common.task_data()
-    c.train = ml_collections.ConfigDict(dict(batch_size=32, num_epochs=3.0, num_steps=0))
+    # num_epochs passes (BERT's 3), raised to min_steps updates on a small data set; dev evaluation and early
+    # stopping as in common.task_eval: the run ends at its plateau on dev and the best-on-dev model is exported
+    # (README, "Stage lengths")
+    c.train = ml_collections.ConfigDict(dict(batch_size=32, num_epochs=3.0, num_steps=0, min_steps=2000))
     c.optimizer = common.optimizer(2e-5)
-    c.eval = ml_collections.ConfigDict(dict(every_steps=500, batch_size=64))
+    c.eval = common.task_eval()
     if smoke:
         c.train.update(batch_size=16, num_steps=20)
         c.optimizer.learning_rate = 1e-3

@@ -74,3 +74,54 @@ def test_the_bar_counts_completed_steps_with_one_step_in_flight(tmp_path, monkey
     order = [event for event in events if event[0] != "bar"]
     # steps 1 and 2 log nothing: step 2 is dispatched before step 1's results are read
     assert order.index(("dispatch", 2)) < order.index(("read", 1))
+
+
+class Plateau:
+    """Dev scores rising until step `peak`, then flat: plateaued `patience` steps after the best."""
+
+    def __init__(self, peak, patience):
+        self.peak, self.patience, self.best_step, self.calls = peak, patience, None, []
+
+    def __call__(self, state, step):
+        self.calls.append(step)
+        if step <= self.peak:
+            self.best_step = step
+        return {"score": float(min(step, self.peak))}
+
+    def plateaued(self, step):
+        return self.best_step is not None and step - self.best_step >= self.patience
+
+
+class SavedSteps(NoCheckpoints):
+    def __init__(self):
+        self.saved = []
+
+    def save(self, step, *args, **kwargs):
+        self.saved.append((step, kwargs.get("force")))
+
+
+def counting_step(state, batch):
+    state.step += 1
+    return state, {"loss": np.float32(1.0)}
+
+
+def test_early_stopping_ends_the_run_with_a_checkpoint_and_a_resumed_run_stays_stopped(tmp_path):
+    mesh = sharding.make_mesh(-1, 1)
+    batches = iter(lambda: {"x": np.zeros(jax.device_count(), np.float32)}, None)
+    settings = loop.LoopSettings(num_steps=100, global_batch_size=jax.device_count(), log_every_steps=5, desc="t",
+                                 eval_every_steps=10)
+    evaluator, checkpoints = Plateau(peak=30, patience=20), SavedSteps()
+    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=0), batches, mesh, checkpoints, {},
+                                  tmp_path, settings, evaluator)
+    assert state.step == 50 and record.stopped_at == 50 and evaluator.calls == [10, 20, 30, 40, 50]
+    assert checkpoints.saved == [(50, True)]
+    assert "stopped early at step 50" in record.summary_rows()[0][1]
+    # resumed from that checkpoint: no further step, the same decision
+    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=50), batches, mesh, SavedSteps(), {},
+                                  tmp_path, settings, evaluator)
+    assert state.step == 50 and record.stopped_at == 50 and evaluator.calls[-1] == 50
+    # never plateauing: to the end, evaluated at the last step
+    evaluator = Plateau(peak=1000, patience=20)
+    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=0), batches, mesh, SavedSteps(), {},
+                                  tmp_path, settings, evaluator)
+    assert state.step == 100 and record.stopped_at is None and evaluator.calls[-1] == 100

@@ -1,12 +1,17 @@
 """Distillation losses against plain numpy implementations of docs/losses.md, and layer maps."""
+import re
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from tinybert_jax.distill import losses
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.errors import InputError
+from tinybert_jax.models.bert import BertConfig
+from tinybert_jax.task.steps import PredictionLoss, prediction_distill_loss
 
 B, HEADS, T, H = 3, 4, 7, 10
 
@@ -369,3 +374,36 @@ def test_new_losses_compute_in_float32():
     mask = ragged_mask()
     for name, loss, student, _ in _all_new_losses(np.random.default_rng(18)):
         assert loss(jnp.asarray(student, jnp.bfloat16), mask).dtype == jnp.float32, name
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_stage2_sequence_loss_scales_and_gold_term_match_numpy(temperature):
+    """hinton: the soft cross-entropy summed over classes times T^2; tinybert: the original's mean over classes;
+    alpha < 1 adds (1 - alpha) times cross-entropy to the gold labels; regression: MSE to the teacher (and gold)."""
+    rng = np.random.default_rng(4)
+    s, t = rng.normal(size=(2, 6, 8)).astype(np.float32) * 2
+    labels = rng.integers(0, 8, 6)
+    cfg = BertConfig(num_labels=8)
+    log_p_s = s / temperature - np.log(np.exp(s / temperature).sum(-1, keepdims=True))
+    p_t = np.exp(t / temperature) / np.exp(t / temperature).sum(-1, keepdims=True)
+    soft_sum = -(p_t * log_p_s).sum(-1).mean()
+    gold = -(s - np.log(np.exp(s).sum(-1, keepdims=True)))[np.arange(6), labels].mean()
+    batch = {"teacher_logits": t, "labels": labels}
+    close(prediction_distill_loss(cfg, s, batch, PredictionLoss(temperature), False), temperature ** 2 * soft_sum)
+    close(prediction_distill_loss(cfg, s, batch, PredictionLoss(temperature, "tinybert"), False), soft_sum / 8)
+    close(prediction_distill_loss(cfg, s, batch, PredictionLoss(temperature, alpha=0.6), False),
+          0.6 * temperature ** 2 * soft_sum + 0.4 * gold)
+    regression = {"teacher_logits": t[:, :1], "labels": t[:, 1]}
+    close(prediction_distill_loss(cfg, s[:, :1], regression, PredictionLoss(temperature, alpha=0.5), True),
+          0.5 * np.mean((s[:, 0] - t[:, 0]) ** 2) + 0.5 * np.mean((s[:, 0] - t[:, 1]) ** 2))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"loss_scale": "sum"}, "stage2.loss_scale='sum': use one of hinton, tinybert"),
+    ({"alpha": 1.5}, "stage2.alpha=1.5: the soft term's weight must be in [0, 1]"),
+    ({"temperature": 0.0}, "stage2.temperature=0 must be positive"),
+])
+def test_bad_stage2_loss_settings_are_one_line(setting, message):
+    stage = ml_collections.ConfigDict({"temperature": 1.0, "loss_scale": "hinton", "alpha": 1.0, **setting})
+    with pytest.raises(InputError, match=re.escape(message)):
+        PredictionLoss.of(stage)

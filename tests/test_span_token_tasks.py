@@ -17,7 +17,7 @@ from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.models.bert import BertConfig
 from tinybert_jax.task import span_metrics
 from tinybert_jax.task.evaluate import predict
-from tinybert_jax.task.steps import prediction_distill_loss, supervised_loss
+from tinybert_jax.task.steps import PredictionLoss, prediction_distill_loss, supervised_loss
 
 ANSWERS = "paris london rome berlin madrid".split()  # the answer of "where" questions: the city in the context
 PERSONS, PLACES = "john mary anna".split(), "paris london rome".split()
@@ -217,9 +217,16 @@ def test_token_and_span_losses_match_numpy():
     ours = supervised_loss(token, student, {"labels": labels, "attention_mask": mask}, regression=False)
     np.testing.assert_allclose(ours, np.mean(gold), rtol=1e-5)
     soft = -(np.exp(log_softmax(teacher / temperature)) * log_softmax(student / temperature)).sum(-1)
-    ours = prediction_distill_loss(token, student, {"teacher_logits": teacher, "attention_mask": mask}, temperature,
+    for scale, factor in (("hinton", temperature ** 2), ("tinybert", 1 / labels_count)):
+        ours = prediction_distill_loss(token, student, {"teacher_logits": teacher, "attention_mask": mask},
+                                       PredictionLoss(temperature, scale), regression=False)
+        np.testing.assert_allclose(ours, factor * soft[mask == 1].mean(), rtol=1e-5)
+    # with the gold-label term: alpha * soft + (1 - alpha) * the fine-tuning loss
+    ours = prediction_distill_loss(token, student, {"teacher_logits": teacher, "attention_mask": mask,
+                                                    "labels": labels}, PredictionLoss(temperature, alpha=0.25),
                                    regression=False)
-    np.testing.assert_allclose(ours, soft[mask == 1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(ours, 0.25 * temperature ** 2 * soft[mask == 1].mean() + 0.75 * np.mean(gold),
+                               rtol=1e-5)
 
     span = BertConfig(num_labels=2, pooler=False, task_head="span")
     student, teacher = student[..., :2], teacher[..., :2]
@@ -234,9 +241,9 @@ def test_token_and_span_losses_match_numpy():
     ours = supervised_loss(span, student, {"start_positions": starts, "end_positions": ends, "attention_mask": mask},
                            regression=False)
     np.testing.assert_allclose(ours, np.mean(expected_gold), rtol=1e-5)
-    ours = prediction_distill_loss(span, student, {"teacher_logits": teacher, "attention_mask": mask}, temperature,
-                                   regression=False)
-    np.testing.assert_allclose(ours, np.mean(expected_soft), rtol=1e-5)
+    ours = prediction_distill_loss(span, student, {"teacher_logits": teacher, "attention_mask": mask},
+                                   PredictionLoss(temperature), regression=False)
+    np.testing.assert_allclose(ours, temperature ** 2 * np.mean(expected_soft), rtol=1e-5)
 
 
 def shift_first_answer(path):

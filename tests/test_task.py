@@ -45,12 +45,23 @@ def save_model(directory: Path, cls_name: str, vocab=VOCAB, **overrides):
     return directory
 
 
+# What tests set unless they say otherwise, so that each run is as long as its test asks: fixed padding (at these
+# tiny sizes length buckets only add compilations; tests/test_buckets.py and the tests that set them cover them),
+# no min_steps floor, no early stopping and one dev evaluation at the end (the defaults' own tests set them).
+TEST_SETTINGS = {
+    "finetune": {"data.buckets": "", "train.min_steps": "0", "eval.patience": "0", "eval.every_steps": "500"},
+    "task": {"data.buckets": "", "stage1.min_steps": "0", "stage2.min_steps": "0", "eval.patience": "0",
+             "eval.every_steps": "500"},
+    "predict": {"data.buckets": ""},
+}
+
+
 def run_main(config, workdir, *overrides):
-    """main in process. Task pipelines run with fixed padding unless a test sets data.buckets: at these tiny sizes
-    length buckets only add compilations (tests/test_buckets.py and the tests that set it cover them)."""
-    if config in ("finetune", "task", "predict") and not any("--config.data.buckets=" in o for o in overrides):
-        overrides = ("--config.data.buckets=", *overrides)
-    return in_process.run_main([f"--config=configs/{config}.py", f"--workdir={workdir}", *overrides])
+    """main in process, with TEST_SETTINGS where the test gives no value."""
+    given = {override.split("=", 1)[0] for override in overrides}
+    defaults = [f"--config.{key}={value}" for key, value in TEST_SETTINGS.get(config, {}).items()
+                if f"--config.{key}" not in given]
+    return in_process.run_main([f"--config=configs/{config}.py", f"--workdir={workdir}", *defaults, *overrides])
 
 
 @pytest.fixture(scope="session")
@@ -361,6 +372,48 @@ def test_stage2_and_its_export_are_refused_under_other_stage2_settings(finetuned
     assert "stage2.optimizer.learning_rate: " in last_error(changed)
     again = run_main("task", workdir, *common)  # the same settings: stage 2 trains again and exports
     assert again.returncode == 0 and (workdir / "export" / "model.safetensors").is_file()
+
+
+def test_finetuning_stops_at_its_plateau_on_dev_and_reports_the_curve(finetuned, tmp_path):
+    """min_steps raises a short run; early stopping ends it eval.patience evaluations after the best on dev,
+    whose model is exported; the report holds the dev curve."""
+    _, data, pretrained = finetuned
+    workdir = tmp_path / "teacher"
+    result = run_main("finetune", workdir, f"--config.data.source={data}", f"--config.teacher.path={pretrained}",
+                      "--config.train.batch_size=16", "--config.train.num_epochs=1", "--config.train.min_steps=400",
+                      "--config.optimizer.learning_rate=1e-3", "--config.eval.every_steps=10",
+                      "--config.eval.patience=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((workdir / "report.json").read_text())
+    curve = {int(step): score for step, score in report["dev_curve"].items()}
+    assert report["planned_steps"] == 400 and report["stopped_at"] < 400
+    assert sorted(curve) == list(range(10, report["stopped_at"] + 1, 10))
+    best_step = min(step for step, score in curve.items() if score == max(curve.values()))
+    assert report["best_step"] == best_step and report["stopped_at"] == best_step + 20
+    assert report["score"] == max(curve.values())
+    assert "below train.min_steps=400" in result.stdout and "stopped early" in result.stdout
+
+
+def test_the_report_compares_with_fine_tuning_the_student_directly(finetuned, tmp_path):
+    root, data, _ = finetuned
+    student = save_model(tmp_path / "student", "BertModel", hidden_size=16, intermediate_size=24)
+    workdir = tmp_path / "w"
+    result = run_main("task", workdir, f"--config.data.source={data}",
+                      f"--config.teacher.path={root / 'teacher' / 'export'}", f"--config.student.init={student}",
+                      "--config.augment.enabled=False", "--config.stage1.batch_size=16", "--config.stage1.num_steps=4",
+                      "--config.stage2.batch_size=16", "--config.stage2.num_steps=8", "--config.eval.every_steps=4",
+                      "--config.baseline.finetune=True", "--config.baseline.learning_rates=1e-3,3e-3",
+                      "--config.baseline.num_epochs=0.2", "--config.baseline.batch_size=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((workdir / "report.json").read_text())
+    runs = {name: json.loads((workdir / "baseline" / directory / "best" / "best.json").read_text())["score"]
+            for name, directory in (("lr 0.001, 0.2 epochs", "lr_0.001_epochs_0.2"),
+                                    ("lr 0.003, 0.2 epochs", "lr_0.003_epochs_0.2"))}
+    assert {name: run["score"] for name, run in report["baseline"].items()} == runs
+    assert report["baseline_score"] == max(runs.values())
+    assert report["gain_over_baseline_points"] == pytest.approx(100 * (report["student_score"] - max(runs.values())))
+    assert "distilled - best direct fine-tune" in result.stdout
+    assert report["stage_lengths"]["stage2"] == {"steps": 8, "why": "stage2.num_steps=8"}
 
 
 def test_stage1_settings_are_checked_before_augmentation(finetuned, tmp_path):

@@ -13,7 +13,7 @@ from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.spec import compute_dtype
 from tinybert_jax.task import classifier
 from tinybert_jax.task.data import encode_train, load_dev_sets, seq_len_for
-from tinybert_jax.task.evaluate import main_score
+from tinybert_jax.task.evaluate import curve_rows, main_score
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -32,10 +32,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                                desc=f"fine-tune {task.name}")
     export_dir = workdir / "export"
     classifier.export_classifier(best, task, export_dir, model_dir)
+    # the dev curve shows whether the teacher reached its plateau (README, "Stage lengths")
     report.write_report(workdir / "report.json", {"task": task.name, "best_step": best.best["step"],
                                                   "score": main_score(task, best.best["scores"]),
-                                                  "scores": best.best["scores"]})
+                                                  "scores": best.best["scores"], "dev_curve": best.curve,
+                                                  "stopped_at": record.stopped_at, "planned_steps": record.num_steps})
     report.print_table(f"fine-tune {task.name}", record.summary_rows() + [
+        ("dev curve", "")] + curve_rows(best.curve, best.best["step"], task.main_metric) + [
         (f"best on dev (step {best.best['step']})", "")] + [
         (f"  {split} {name}", f"{value:.4f}") for split, metrics in best.best["scores"].items()
         for name, value in metrics.items()] + [

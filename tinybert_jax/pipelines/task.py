@@ -30,10 +30,10 @@ from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, ini
 from tinybert_jax.distill.step import DistillSpec, make_distill_step
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, abstract_params
-from tinybert_jax.task import classifier, fingerprint
+from tinybert_jax.task import baseline, classifier, fingerprint
 from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, batches_per_epoch, bucket_lengths, count, \
     encode_train, load_dev_sets, seq_len_for, train_iterator
-from tinybert_jax.task.evaluate import evaluate, main_score, predict
+from tinybert_jax.task.evaluate import curve_rows, evaluate, main_score, predict
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
 
@@ -105,6 +105,8 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
                                            student_params, projection)
     check_stage(workdir / "stage1", prints["stage1"], "stage 1")  # before hours of augmentation
     check_stage(workdir / "stage2", prints["stage2"], "stage 2 (and the export made from it)")
+    if config.baseline.finetune:
+        check_stage(workdir / "baseline", prints["baseline"], "the fine-tuning baseline")
     stage1_plan = None
     if not (workdir / "stage1" / "student" / "bert_config.json").is_file():
         initial = {"student": classifier.encoder_params(student_params, student_cfg),
@@ -141,7 +143,7 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
             keepers[seed], record = classifier.train_classifier(
                 with_seed(config, seed), "stage2", config.stage2.optimizer, classifier_cfg, task, train, dev_sets,
                 init, directory, desc=f"{task.name} stage 2 (prediction layer)" + (
-                    f", seed {seed}" if config.seeds else ""), temperature=config.stage2.temperature)
+                    f", seed {seed}" if config.seeds else ""), distill=True)
             rows += record.summary_rows()
         best_seed = max(keepers, key=lambda seed: keepers[seed].best["score"])
         classifier.export_classifier(keepers[best_seed], task, export_dir, teacher_dir)
@@ -154,19 +156,58 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     teacher_score, student_score = main_score(task, teacher_scores), main_score(task, student_scores)
     retention = 100.0 * student_score / teacher_score if teacher_score else float("nan")
     seeds_report, seed_rows = seed_summary(seed_scores) if config.seeds else ({}, [])
+    lengths = {section: stage_plan(config, section, train) for section in ("stage1", "stage2")}
+    curve = json.loads((stage2_dirs[best_seed] / "best" / "curve.json").read_text())
+    baseline_report, baseline_rows = ({}, []) if not config.baseline.finetune else compare_with_finetuning(
+        config, task, student_cfg, student_params, original, tokenizer, seq_len, dev_sets, workdir,
+        prints["baseline"], student_score)
     report.write_report(workdir / "report.json",
                         {"task": task.name, "metric": task.main_metric, "teacher": teacher_scores,
                          "student": student_scores, "teacher_score": teacher_score, "student_score": student_score,
-                         "retention_percent": retention, **seeds_report})
+                         "retention_percent": retention, **seeds_report, "stage_lengths": lengths,
+                         "stage2_dev_curve": curve, **baseline_report})
     rows += seed_rows
+    rows += [(f"{section} length", f"{plan['steps']} steps: {plan['why']}") for section, plan in lengths.items()]
+    rows += curve_rows({int(step): score for step, score in curve.items()},
+                       json.loads((stage2_dirs[best_seed] / "best" / "best.json").read_text())["step"],
+                       task.main_metric)
     rows += [("task", task.name), ("metric", f"{task.dev_splits[0]} {task.main_metric}"),
              ("teacher", f"{teacher_score:.4f}"), ("student", f"{student_score:.4f}"),
-             ("retention", f"{retention:.1f}%")]
+             ("retention", f"{retention:.1f}%")] + baseline_rows
     rows += [(f"student {split} {name}", f"{value:.4f}") for split, metrics in student_scores.items()
              for name, value in metrics.items()]
     rows += [("export", str(export_dir)), ("report", str(workdir / "report.json")),
              ("load with", report.load_line(export_dir, classifier.AUTO_CLASSES[task.head]))]
     report.print_table(f"task distillation ({task.name})", rows)
+
+
+def stage_plan(config: ml_collections.ConfigDict, section: str, train: Arrays) -> dict:
+    """{"steps", "why"}: the length `engine.stage_length` gives the stage on this training set."""
+    stage = config[section]
+    buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
+    length = engine.stage_length(stage, section, count(train), batches_per_epoch(train, stage.batch_size, buckets))
+    return {"steps": length.num_steps, "why": length.reason}
+
+
+def compare_with_finetuning(config, task, student_cfg, student_params, original, tokenizer, seq_len: int,
+                            dev_sets: dict[str, DevSet], workdir: Path, baseline_fingerprint: dict,
+                            student_score: float) -> tuple[dict, list[tuple[str, str]]]:
+    """The direct fine-tuning sweep of the student's initialisation (task.baseline), for the report: each
+    setting's best dev score, the best setting, and what distillation gained over it in points."""
+    directory = workdir / "baseline"
+    if distributed.is_leader():
+        fingerprint.write(directory / "fingerprint.json", baseline_fingerprint)
+    distributed.barrier("baseline fingerprint written")
+    results = baseline.finetune_baseline(config, task, student_cfg, student_params,
+                                         encode_train(task, original, tokenizer, seq_len, config.data), dev_sets,
+                                         directory)
+    best = max(results, key=lambda name: results[name]["score"])
+    gain = 100.0 * (student_score - results[best]["score"])
+    rows = [(f"fine-tuned directly, {name}", f"{result['score']:.4f}" + ("  (best)" if name == best else ""))
+            for name, result in results.items()]
+    return ({"baseline": results, "baseline_best_setting": best, "baseline_score": results[best]["score"],
+             "gain_over_baseline_points": gain},
+            rows + [("distilled - best direct fine-tune", f"{gain:+.2f} points")])
 
 
 def check_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask, scores: dict,

@@ -4,6 +4,7 @@ fine-tuning and task stage 2 both run it."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -18,10 +19,11 @@ from tinybert_jax.models.bert import BertConfig, boxed_params
 from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, batches_per_epoch, bucket_lengths, count, \
     train_iterator
 from tinybert_jax.task.evaluate import BestOnDev
-from tinybert_jax.task.steps import make_task_step
+from tinybert_jax.task.steps import PredictionLoss, make_task_step
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
 
+EVAL_EVERY_STEPS_AT_MOST = 1000  # eval.every_steps=0 on a large data set: still several evaluations an epoch
 # the transformers class that loads an export, per task head
 AUTO_CLASSES = {"sequence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification",
                 "span": "AutoModelForQuestionAnswering"}
@@ -68,23 +70,31 @@ def label_names(task: glue.GlueTask) -> dict[int, str]:
 
 def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer: ml_collections.ConfigDict,
                      cfg: BertConfig, task: glue.GlueTask, train: Arrays, dev_sets: dict[str, DevSet],
-                     init_params: dict, directory: Path, desc: str,
-                     temperature: Optional[float] = None) -> tuple[BestOnDev, LoopRecord]:
-    """Trains on gold labels, or on the teacher's logits in train['teacher_logits'] when `temperature` is given,
-    with dev evaluation every eval.every_steps; returns the keeper of the best-on-dev parameters and the record.
-    config[section] holds batch_size, num_steps and num_epochs."""
+                     init_params: dict, directory: Path, desc: str, distill: bool = False,
+                     ) -> tuple[BestOnDev, LoopRecord]:
+    """Trains on gold labels, or with `distill` on the teacher's logits in train['teacher_logits'],
+    with dev evaluation (eval.every_steps; 0: once an epoch, at most EVAL_EVERY_STEPS_AT_MOST apart) and early
+    stopping after eval.patience evaluations without a new best (0: never); returns the keeper of the best-on-dev
+    parameters and the record. config[section] holds batch_size, num_steps, num_epochs and min_steps, and for
+    stage 2 the loss settings (steps.PredictionLoss)."""
     stage = config[section]
     buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
-    length = engine.stage_length(stage, section, count(train), batches_per_epoch(train, stage.batch_size, buckets))
-    logging.info("%s: %d steps: %s", desc, length.num_steps, length.reason)
+    per_epoch = batches_per_epoch(train, stage.batch_size, buckets)
+    length = engine.stage_length(stage, section, count(train), per_epoch)
+    eval_every = int(config.eval.every_steps) or min(EVAL_EVERY_STEPS_AT_MOST, math.ceil(per_epoch))
+    logging.info("%s: %d steps: %s; dev evaluation every %d steps%s", desc, length.num_steps, length.reason,
+                 eval_every, f", early stopping after {config.eval.patience} without a new best"
+                 if config.eval.patience else "")
     job = engine.job_for(config, desc, directory, length.num_steps, stage.batch_size, optimizer,
                          {"task": task.name, "model": dataclasses.asdict(cfg), "examples": count(train)},
-                         initial={"model": init_params}, eval_every_steps=config.eval.every_steps,
-                         section=section)
-    best = BestOnDev(task, cfg, dev_sets, config.eval.batch_size, directory / "best")
+                         initial={"model": init_params}, eval_every_steps=eval_every, section=section,
+                         plan=length.reason)
+    best = BestOnDev(task, cfg, dev_sets, config.eval.batch_size, directory / "best",
+                     patience_steps=int(config.eval.patience) * eval_every)
+    loss = PredictionLoss.of(stage) if distill else None
     result = engine.train(
         config, job, lambda rng: {"model": boxed_params(cfg, rng)},
-        lambda tx, schedule: make_task_step(cfg, tx, schedule, task.is_regression, temperature),
+        lambda tx, schedule: make_task_step(cfg, tx, schedule, task.is_regression, loss),
         lambda rows: train_iterator(train, stage.batch_size, config.seed, rows, buckets), evaluate=best,
         batch_shapes=batch_shapes(train, stage.batch_size, buckets))
     return best, result.record

@@ -58,27 +58,46 @@ def main_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
 
 class BestOnDev:
     """Evaluates during training and keeps the parameters that score best on dev (a Flax checkpoint dir), with a
-    best.json beside them; a resumed run continues from the recorded best score."""
+    best.json beside them and the dev curve (curve.json: the score at every evaluation); a resumed run continues
+    from the recorded best score. With `patience_steps` > 0 the run has plateaued once that many steps have passed
+    since the best evaluation (early stopping)."""
 
     def __init__(self, task: GlueTask, cfg: BertConfig, dev_sets: dict[str, DevSet], batch_size: int,
-                 directory: Path, params_key: str = "model"):
+                 directory: Path, params_key: str = "model", patience_steps: int = 0):
         self.task, self.cfg, self.dev_sets, self.batch_size = task, cfg, dev_sets, batch_size
-        self.directory, self.params_key = Path(directory), params_key
-        record = self.directory / "best.json"
+        self.directory, self.params_key, self.patience_steps = Path(directory), params_key, patience_steps
+        record, curve = self.directory / "best.json", self.directory / "curve.json"
         self.best = json.loads(record.read_text()) if record.is_file() else None
+        self.curve = {int(step): score for step, score in json.loads(curve.read_text()).items()} \
+            if curve.is_file() else {}
 
     def __call__(self, state: Any, step: int) -> dict[str, float]:
         params = state.params[self.params_key]
         scores = evaluate(self.cfg, params, self.dev_sets, self.batch_size)
         score = main_score(self.task, scores)
-        if self.best is None or score > self.best["score"]:  # the same decision on every process
+        self.curve[step] = score
+        new_best = self.best is None or score > self.best["score"]  # the same decision on every process
+        if new_best:
             self.best = {"step": step, "score": score, "scores": scores}
             host_params = sharding.host_copy(params)
             if distributed.is_leader():
                 convert.save_flax_dir(self.cfg, host_params, self.directory / "params", overwrite=True)
-                (self.directory / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
             logging.info("step %d: new best %s %s = %.4f", step, self.task.dev_splits[0], self.task.main_metric, score)
+        if distributed.is_leader():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if new_best:
+                (self.directory / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
+            (self.directory / "curve.json").write_text(json.dumps(self.curve, indent=1) + "\n")
         return {f"{split}/{name}": value for split, metrics in scores.items() for name, value in metrics.items()}
+
+    def plateaued(self, step: int) -> bool:
+        return self.patience_steps > 0 and self.best is not None and step - self.best["step"] >= self.patience_steps
 
     def best_params(self) -> tuple[BertConfig, Any]:
         return convert.load_flax_dir(self.directory / "params")
+
+
+def curve_rows(curve: dict[int, float], best_step: int, metric: str) -> list[tuple[str, str]]:
+    """The dev curve as table rows, the best evaluation marked."""
+    return [(f"  dev {metric} at step {step}", f"{score:.4f}" + ("  (best)" if step == best_step else ""))
+            for step, score in sorted(curve.items())]

@@ -112,7 +112,13 @@ def task_fingerprints(config, task, train, seq_len: int, teacher_params: Any, pe
     # the seeds and the batches' shapes, on top of stage 1's inputs
     stage2 = {**stage1, **flat("stage2", config.stage2.to_dict()), **flat("eval", config.eval.to_dict()),
               "seeds": str(config.seeds), "data.buckets": str(config.data.buckets)}
-    return {"augmented": augmented, "stage1": stage1, "teacher_logits": {**augmented, **teacher}, "stage2": stage2}
+    # the direct fine-tuning baseline: the student and the original data, its own settings
+    baseline = {**data, "seed": config.seed, "data.seq_len": seq_len, "student.init": str(config.student.init),
+                "student.weights": digest_arrays(student_params), "dtype": config.dtype,
+                **flat("baseline", config.baseline.to_dict()), **flat("eval", config.eval.to_dict()),
+                "data.buckets": str(config.data.buckets)}
+    return {"augmented": augmented, "stage1": stage1, "teacher_logits": {**augmented, **teacher}, "stage2": stage2,
+            "baseline": baseline}
 
 
 def flat(prefix: str, settings: dict) -> dict:

@@ -4,13 +4,14 @@ distribution over labels per word) and span (QA: one distribution over token pos
 start and end)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from tinybert_jax.distill.losses import soft_cross_entropy
+from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import MASK_BIAS, Bert, BertConfig
 from tinybert_jax.train.state import TrainState, apply_gradients
 
@@ -56,30 +57,68 @@ def distribution_cross_entropy(logits: jax.Array, teacher_logits: jax.Array, tem
     return -jnp.sum(target * jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1), axis=-1)
 
 
-def prediction_distill_loss(cfg: BertConfig, logits: jax.Array, batch: dict, temperature: float,
-                            regression: bool) -> jax.Array:
-    """TinyBERT stage 2 against batch['teacher_logits'] (docs/losses.md). Sequence head: soft cross-entropy, the
-    mean over every element as in the original (for regression the MSE to the teacher's prediction; the original
-    used gold labels there, a confirmed bug). Token head: each real token's soft cross-entropy over the labels,
-    averaged over real tokens. Span head: the soft cross-entropy of the start and of the end distribution over
-    the real tokens, averaged."""
-    teacher = batch["teacher_logits"]
-    if cfg.task_head == "span":
-        mask = batch["attention_mask"]
-        return jnp.mean(distribution_cross_entropy(span_logits(logits, mask), span_logits(teacher, mask),
-                                                   temperature))
-    if cfg.task_head == "token":
-        real = batch["attention_mask"] > 0
-        losses = distribution_cross_entropy(logits, teacher, temperature)
-        return jnp.sum(jnp.where(real, losses, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+# stage2.loss_scale: the factor on each distribution's soft cross-entropy (summed over its C classes) at
+# temperature t (docs/losses.md, "Task stage 2")
+LOSS_SCALES: dict[str, Callable[[int, float], float]] = {
+    "hinton": lambda classes, t: t * t,  # Hinton et al.: gradients of the same size at any temperature
+    "tinybert": lambda classes, t: 1.0 / classes,  # the original code's mean over classes
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionLoss:
+    """Stage 2's loss settings: alpha * soft + (1 - alpha) * the gold-label loss (docs/losses.md)."""
+
+    temperature: float = 1.0
+    loss_scale: str = "hinton"
+    alpha: float = 1.0  # the soft term's weight; 1 distils from the teacher alone
+
+    @classmethod
+    def of(cls, stage: Any) -> "PredictionLoss":
+        """From a config section (stage2.temperature, stage2.loss_scale, stage2.alpha), checked."""
+        loss = cls(float(stage.temperature), str(stage.loss_scale), float(stage.alpha))
+        if loss.loss_scale not in LOSS_SCALES:
+            raise InputError(f"stage2.loss_scale={loss.loss_scale!r}: use one of {', '.join(LOSS_SCALES)}")
+        if not 0.0 <= loss.alpha <= 1.0:
+            raise InputError(f"stage2.alpha={loss.alpha:g}: the soft term's weight must be in [0, 1]")
+        if not loss.temperature > 0:
+            raise InputError(f"stage2.temperature={loss.temperature:g} must be positive")
+        return loss
+
+
+def soft_loss(cfg: BertConfig, logits: jax.Array, batch: dict, loss: PredictionLoss, regression: bool) -> jax.Array:
+    """Stage 2's term against batch['teacher_logits'] (docs/losses.md). Sequence head: the soft cross-entropy per
+    example, scaled by LOSS_SCALES, averaged (for regression the MSE to the teacher's prediction; the original
+    used gold labels there, a confirmed bug). Token head: the same per real token, averaged over real tokens. Span
+    head: for the start and the end distribution over the real tokens, averaged."""
+    teacher, t = batch["teacher_logits"], loss.temperature
     if regression:
         return jnp.mean(jnp.square(logits[:, 0] - teacher[:, 0]))
-    return soft_cross_entropy(logits, teacher, temperature)
+    if cfg.task_head == "span":
+        mask = batch["attention_mask"]
+        scale = LOSS_SCALES[loss.loss_scale](logits.shape[1], t)  # the classes of a span distribution: positions
+        return scale * jnp.mean(distribution_cross_entropy(span_logits(logits, mask), span_logits(teacher, mask), t))
+    per_distribution = LOSS_SCALES[loss.loss_scale](logits.shape[-1], t) * distribution_cross_entropy(
+        logits, teacher, t)
+    if cfg.task_head == "token":
+        real = batch["attention_mask"] > 0
+        return jnp.sum(jnp.where(real, per_distribution, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+    return jnp.mean(per_distribution)
+
+
+def prediction_distill_loss(cfg: BertConfig, logits: jax.Array, batch: dict, loss: PredictionLoss,
+                            regression: bool) -> jax.Array:
+    """alpha * the soft term + (1 - alpha) * the gold-label loss of fine-tuning (the latter only when alpha < 1,
+    so data without gold labels distils with the default alpha = 1)."""
+    soft = soft_loss(cfg, logits, batch, loss, regression)
+    if loss.alpha == 1.0:
+        return soft
+    return loss.alpha * soft + (1.0 - loss.alpha) * supervised_loss(cfg, logits, batch, regression)
 
 
 def make_task_step(cfg: BertConfig, tx: optax.GradientTransformation, schedule: Callable, regression: bool,
-                   temperature: float | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """Gold-label fine-tuning when `temperature` is None, else distillation from batch['teacher_logits']."""
+                   distill: PredictionLoss | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """Gold-label fine-tuning when `distill` is None, else distillation from batch['teacher_logits']."""
     logits_fn = classifier_logits(cfg)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -87,9 +126,9 @@ def make_task_step(cfg: BertConfig, tx: optax.GradientTransformation, schedule: 
 
         def loss_fn(params):
             logits = logits_fn(params["model"], batch, deterministic=False, rng=dropout_rng)
-            if temperature is None:
+            if distill is None:
                 return supervised_loss(cfg, logits, batch, regression)
-            return prediction_distill_loss(cfg, logits, batch, temperature, regression)
+            return prediction_distill_loss(cfg, logits, batch, distill, regression)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         return apply_gradients(state, rng, grads, {"loss": loss}, tx, schedule)

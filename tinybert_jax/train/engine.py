@@ -21,7 +21,7 @@ from absl import logging
 from tinybert_jax import sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.errors import InputError
-from tinybert_jax.train.loop import LoopRecord, LoopSettings, run_loop
+from tinybert_jax.train.loop import Evaluator, LoopRecord, LoopSettings, run_loop
 from tinybert_jax.train.optimizer import OptimizerSettings, make_optimizer
 from tinybert_jax.train.state import TrainState
 
@@ -48,6 +48,7 @@ class Job:
     initial: dict = dataclasses.field(default_factory=dict)
     eval_every_steps: int = 0  # > 0 (with `evaluate`): dev evaluation then and at the end
     section: str = "train"  # the config section of batch_size and num_steps, named in errors
+    plan: str = ""  # why it runs num_steps steps (engine.stage_length), for the summary
 
 
 @dataclasses.dataclass
@@ -118,7 +119,7 @@ def check_before_preparing(config: ml_collections.ConfigDict, job: Job) -> None:
 def train(config: ml_collections.ConfigDict, job: Job, init_params: Callable[[jax.Array], Any],
           make_step: StepFactory, make_iterator: Callable[[slice], Iterator[dict]],
           frozen: Optional[Frozen] = None,
-          evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None,
+          evaluate: Optional[Evaluator] = None,
           batch_shapes: Optional[list[dict]] = None) -> Result:
     """Trains `job` to its last step on the mesh of config.mesh and returns the state and what the loop recorded.
 
@@ -158,6 +159,7 @@ def train(config: ml_collections.ConfigDict, job: Job, init_params: Callable[[ja
                              job.meta, job.directory,
                              LoopSettings(job.num_steps, job.batch_size, config.log.every_steps, job.desc,
                                           job.eval_every_steps), evaluate)
+    record.plan = job.plan
     if batch_shapes is not None:
         record.compiled = (len(batch_shapes), compile_s)
     return Result(state, record)

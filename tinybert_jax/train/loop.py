@@ -5,7 +5,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Protocol
 
 import jax
 import numpy as np
@@ -27,6 +27,14 @@ class LoopSettings:
     eval_every_steps: int = 0  # > 0: call `evaluate` then and at the end
 
 
+class Evaluator(Protocol):
+    """Dev evaluation during a run: its metrics at a step, and whether the run has stopped improving on dev."""
+
+    def __call__(self, state: TrainState, step: int) -> dict[str, float]: ...
+
+    def plateaued(self, step: int) -> bool: ...
+
+
 @dataclasses.dataclass
 class LoopRecord:
     """What a run did, for its summary: the steps it ran, the first and last logged metrics, and its rate."""
@@ -39,13 +47,18 @@ class LoopRecord:
     # examples/s after the first logged interval (which includes compilation), or over it when it is the only one
     examples_per_s: float = float("nan")
     compiled: Optional[tuple[int, float]] = None  # (batch shapes, seconds) when compiled before the first step
+    stopped_at: Optional[int] = None  # the step it stopped at, before num_steps, when dev stopped improving
+    plan: str = ""  # why num_steps steps
 
     def summary_rows(self) -> list[tuple[str, str]]:
         """(name, value) rows: what ran, first -> last of each logged quantity, examples/s."""
+        early = (f", stopped early at step {self.stopped_at} (no new best on dev)"
+                 if self.stopped_at is not None else "")
         if not self.last:
-            return [(self.desc, f"already done ({self.num_steps} steps)")]
-        ran = f"steps {self.start_step + 1}-{self.num_steps}" + (" (resumed)" if self.start_step else "")
-        rows = [(self.desc, ran)]
+            return [(self.desc, f"already done ({self.stopped_at or self.num_steps} steps{early})")]
+        last = self.stopped_at or self.num_steps
+        ran = f"steps {self.start_step + 1}-{last} of {self.num_steps}" + (" (resumed)" if self.start_step else "")
+        rows = [(self.desc, ran + early)] + ([("  length", self.plan)] if self.plan else [])
         rows += [(f"  {name}", f"{self.first[name]:.4g} -> {value:.4g}") for name, value in self.last.items()
                  if name not in ("learning_rate", "examples_per_s")]
         if self.compiled is not None:
@@ -55,18 +68,22 @@ class LoopRecord:
 
 def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
              data_iterator: Iterator[dict], mesh: jax.sharding.Mesh, checkpoints: RunCheckpoints, meta: dict,
-             workdir: Path, settings: LoopSettings,
-             evaluate: Optional[Callable[[TrainState, int], dict[str, float]]] = None
+             workdir: Path, settings: LoopSettings, evaluate: Optional[Evaluator] = None
              ) -> tuple[TrainState, LoopRecord]:
     """Runs from the state's step to settings.num_steps; logs every log_every_steps and at the end. A SIGTERM or
     SIGINT ends the step in progress, checkpoints it and raises Preempted. A step whose metrics (loss, terms,
     gradient norm) are not finite raises TrainingDiverged.
 
     `evaluate(state, step)` (dev-set metrics, logged with a "dev/" prefix) runs every eval_every_steps and at the
-    end, before that step's checkpoint.
+    end, before that step's checkpoint. When `evaluate.plateaued(step)` after an evaluation, the run checkpoints
+    and ends there (early stopping); a run resumed from that checkpoint ends at once, so the decision holds.
     """
     start = int(jax.device_get(state.step))
     record = LoopRecord(settings.desc, settings.num_steps, start)
+    if evaluate is not None and 0 < start < settings.num_steps and evaluate.plateaued(start):
+        record.stopped_at = start
+        checkpoints.close()
+        return state, record
     rate_since = None  # (step, time) at the end of the first logged interval
     writer = MetricsWriter(workdir, enabled=distributed.is_leader())
     bar = progress_bar(settings.num_steps, start, settings.desc)
@@ -105,10 +122,17 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
                     last_log_step, last_log_time = step, now
                     writer.write(step, values)
                     bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+                plateaued = False
                 if evaluating:
                     writer.write(step, {f"dev/{name}": value for name, value in evaluate(state, step).items()})
-                if saving:
-                    checkpoints.save(step, state, data_iterator, meta, force=final or stopping)
+                    plateaued = not final and evaluate.plateaued(step)
+                if saving or plateaued:
+                    checkpoints.save(step, state, data_iterator, meta, force=final or stopping or plateaued)
+                if plateaued:
+                    record.stopped_at = step
+                    record.first = record.first or values  # the summary's first -> last, if nothing was logged
+                    record.last = values if not logging_now else record.last
+                    break
                 if stopping:
                     raise Preempted(f"{stop_requests.received}: stopped after step {step} of {settings.num_steps} "
                                     f"({settings.desc}) with a checkpoint in {checkpoints.directory}; run the same "
