@@ -1,5 +1,5 @@
 """Steps for task training, pure: fine-tuning on gold labels and prediction-layer distillation (stage 2), for
-the three task heads (docs/losses.md, "Prediction layer"): sequence (pooled [CLS]), token (NER: one
+the three task heads (docs/losses.md, "Task stage 2"): sequence (pooled [CLS]), token (NER: one
 distribution over labels per word) and span (QA: one distribution over token positions each for the answer's
 start and end)."""
 from __future__ import annotations
