@@ -386,7 +386,7 @@ def test_finetuning_stops_at_its_plateau_on_dev_and_reports_the_curve(finetuned,
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     curve = {int(step): score for step, score in report["dev_curve"].items()}
-    assert report["planned_steps"] == 400 and report["stopped_at"] < 400
+    assert report["planned_steps"] == 400 and report["stopped_at"] < 400 and "min_steps=400" in report["length"]
     assert sorted(curve) == list(range(10, report["stopped_at"] + 1, 10))
     best_step = min(step for step, score in curve.items() if score == max(curve.values()))
     assert report["best_step"] == best_step and report["stopped_at"] == best_step + 20

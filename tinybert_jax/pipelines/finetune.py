@@ -36,7 +36,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     report.write_report(workdir / "report.json", {"task": task.name, "best_step": best.best["step"],
                                                   "score": main_score(task, best.best["scores"]),
                                                   "scores": best.best["scores"], "dev_curve": best.curve,
-                                                  "stopped_at": record.stopped_at, "planned_steps": record.num_steps})
+                                                  "stopped_at": record.stopped_at, "planned_steps": record.num_steps,
+                                                  "length": record.plan})
     report.print_table(f"fine-tune {task.name}", record.summary_rows() + [
         ("dev curve", "")] + curve_rows(best.curve, best.best["step"], task.main_metric) + [
         (f"best on dev (step {best.best['step']})", "")] + [
