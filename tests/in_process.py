@@ -27,7 +27,9 @@ def load_config(spec: str):
     """configs/NAME.py[:VARIANT] -> get_config(VARIANT)."""
     path, _, arg = spec.partition(":")
     module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    return module.get_config(arg or None)
+    config = module.get_config(arg or None)
+    config.lock()  # as main's --config flag does: a pipeline cannot add keys to it
+    return config
 
 
 def override(config, dotted: str, text: str) -> None:

@@ -43,15 +43,14 @@ def finetune_baseline(config: ml_collections.ConfigDict, task, student_cfg: Bert
     init = classifier.encoder_params(student_params, cfg)
     results = {}
     for rate, epochs in sweep(config):
-        run = config.copy_and_resolve_references()
-        run.baseline_run = ml_collections.ConfigDict(dict(batch_size=config.baseline.batch_size, num_epochs=epochs,
-                                                          num_steps=0, min_steps=0))
-        optimizer = run.baseline.optimizer.copy_and_resolve_references()
+        stage = ml_collections.ConfigDict(dict(batch_size=config.baseline.batch_size, num_epochs=epochs, num_steps=0,
+                                               min_steps=0))
+        optimizer = config.baseline.optimizer.copy_and_resolve_references()
         optimizer.learning_rate = rate
-        best, _ = classifier.train_classifier(run, "baseline_run", optimizer, cfg, task, train, dev_sets, init,
+        best, _ = classifier.train_classifier(config, "baseline", optimizer, cfg, task, train, dev_sets, init,
                                               directory / f"lr_{rate:g}_epochs_{epochs:g}",
                                               desc=f"{task.name} baseline: fine-tune the student, "
-                                                   f"{setting_name(rate, epochs)}")
+                                                   f"{setting_name(rate, epochs)}", stage=stage)
         results[setting_name(rate, epochs)] = {"score": main_score(task, best.best["scores"]),
                                                "best_step": best.best["step"], "scores": best.best["scores"]}
     return results

@@ -71,13 +71,13 @@ def label_names(task: glue.GlueTask) -> dict[int, str]:
 def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer: ml_collections.ConfigDict,
                      cfg: BertConfig, task: glue.GlueTask, train: Arrays, dev_sets: dict[str, DevSet],
                      init_params: dict, directory: Path, desc: str, distill: bool = False,
-                     ) -> tuple[BestOnDev, LoopRecord]:
+                     stage: Optional[ml_collections.ConfigDict] = None) -> tuple[BestOnDev, LoopRecord]:
     """Trains on gold labels, or with `distill` on the teacher's logits in train['teacher_logits'],
     with dev evaluation (eval.every_steps; 0: once an epoch, at most EVAL_EVERY_STEPS_AT_MOST apart) and early
     stopping after eval.patience evaluations without a new best (0: never); returns the keeper of the best-on-dev
-    parameters and the record. config[section] holds batch_size, num_steps, num_epochs and min_steps, and for
-    stage 2 the loss settings (steps.PredictionLoss)."""
-    stage = config[section]
+    parameters and the record. `stage` (default config[section], the section named in messages) holds batch_size,
+    num_steps, num_epochs and min_steps, and for stage 2 the loss settings (steps.PredictionLoss)."""
+    stage = stage if stage is not None else config[section]
     buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
     per_epoch = batches_per_epoch(train, stage.batch_size, buckets)
     length = engine.stage_length(stage, section, count(train), per_epoch)
