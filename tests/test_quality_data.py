@@ -241,3 +241,7 @@ def test_quality_report_summarises_the_seeds(tmp_path, capsys):
     assert summary["gain_over_baseline_points"] == pytest.approx(5.0)
     assert "| debian8 | 80.0% | 77.0 +- 1.0% | 96.2% | 72.0 +- 2.0% | +5.0 points | 2 |" in capsys.readouterr().out
     assert quality_report.main([str(tmp_path / "none")]) == 2
+    (tmp_path / "debian2" / "teacher").mkdir(parents=True)  # a task whose seeds have not run yet
+    (tmp_path / "debian2" / "teacher" / "report.json").write_text((task / "teacher" / "report.json").read_text())
+    assert quality_report.main([str(tmp_path)]) == 0
+    assert "| debian2 | 80.0% | (no seed finished) |" in capsys.readouterr().out

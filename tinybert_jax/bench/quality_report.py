@@ -28,13 +28,14 @@ def task_summary(task_dir: Path) -> dict:
     teacher = read_json(teacher_report)
     seeds = {path.parent.name.removeprefix("seed_"): read_json(path)
              for path in sorted(task_dir.glob("seed_*/report.json"))}
-    if not seeds:
-        raise InputError(f"{task_dir}: no seed_N/report.json")
+    summary = {"teacher": teacher["score"], "teacher_best_step": teacher["best_step"],
+               "teacher_stopped_at": teacher["stopped_at"], "teacher_dev_curve": teacher["dev_curve"],
+               "seeds": list(seeds)}
+    if not seeds:  # the teacher is done, no seed yet
+        return summary
     students = np.array([report["student_score"] for report in seeds.values()])
     baselines = np.array([report["baseline_score"] for report in seeds.values()])
-    return {"teacher": teacher["score"], "teacher_best_step": teacher["best_step"],
-            "teacher_stopped_at": teacher["stopped_at"], "teacher_dev_curve": teacher["dev_curve"],
-            "seeds": list(seeds), "student": students.tolist(), "baseline": baselines.tolist(),
+    return {**summary, "student": students.tolist(), "baseline": baselines.tolist(),
             "baseline_settings": [report["baseline_best_setting"] for report in seeds.values()],
             "student_mean": float(students.mean()), "student_std": float(students.std()),
             "baseline_mean": float(baselines.mean()), "baseline_std": float(baselines.std()),
@@ -46,6 +47,9 @@ def table(summaries: dict[str, dict]) -> str:
     rows = ["| task | teacher | distilled student (mean +- std) | of the teacher | best direct fine-tune | "
             "distilled - direct | seeds |", "|---|---|---|---|---|---|---|"]
     for task, s in summaries.items():
+        if not s["seeds"]:
+            rows.append(f"| {task} | {100 * s['teacher']:.1f}% | (no seed finished) | | | | 0 |")
+            continue
         rows.append(f"| {task} | {100 * s['teacher']:.1f}% | {100 * s['student_mean']:.1f} +- "
                     f"{100 * s['student_std']:.1f}% | {s['retention_percent']:.1f}% | {100 * s['baseline_mean']:.1f} "
                     f"+- {100 * s['baseline_std']:.1f}% | {s['gain_over_baseline_points']:+.1f} points | "
