@@ -31,8 +31,8 @@ from tinybert_jax.distill.step import DistillSpec, make_distill_step
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, abstract_params
 from tinybert_jax.task import baseline, classifier, fingerprint
-from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, batches_per_epoch, bucket_lengths, count, \
-    encode_train, load_dev_sets, seq_len_for, train_iterator
+from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, bucket_lengths, count, encode_train, load_dev_sets, \
+    seq_len_for, train_iterator
 from tinybert_jax.task.evaluate import curve_rows, evaluate, main_score, predict
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
@@ -183,9 +183,8 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def stage_plan(config: ml_collections.ConfigDict, section: str, train: Arrays) -> dict:
     """{"steps", "why"}: the length `engine.stage_length` gives the stage on this training set."""
-    stage = config[section]
-    buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
-    length = engine.stage_length(stage, section, count(train), batches_per_epoch(train, stage.batch_size, buckets))
+    length = classifier.length_on(config[section], section, train,
+                                  bucket_lengths(config.data.buckets, train["input_ids"].shape[1]))
     return {"steps": length.num_steps, "why": length.reason}
 
 
@@ -292,7 +291,7 @@ def stage1(config, spec: DistillSpec, trimmed: dict, job: engine.Job, train: Arr
     """Intermediate-layer distillation; saves the student to WORKDIR/stage1/student."""
     stage = config.stage1
     buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
-    length = engine.stage_length(stage, "stage1", count(train), batches_per_epoch(train, stage.batch_size, buckets))
+    length = classifier.length_on(stage, "stage1", train, buckets)
     logging.info("%s: %d steps: %s", job.desc, length.num_steps, length.reason)
     job.num_steps = length.num_steps
     result = engine.train(config, job, lambda rng: init_trainable(spec, rng),

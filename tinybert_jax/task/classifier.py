@@ -79,9 +79,9 @@ def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer:
     num_steps, num_epochs and min_steps, and for stage 2 the loss settings (steps.PredictionLoss)."""
     stage = stage if stage is not None else config[section]
     buckets = bucket_lengths(config.data.buckets, train["input_ids"].shape[1])
-    per_epoch = batches_per_epoch(train, stage.batch_size, buckets)
-    length = engine.stage_length(stage, section, count(train), per_epoch)
-    eval_every = int(config.eval.every_steps) or min(EVAL_EVERY_STEPS_AT_MOST, math.ceil(per_epoch))
+    length = length_on(stage, section, train, buckets)
+    eval_every = int(config.eval.every_steps) or min(EVAL_EVERY_STEPS_AT_MOST,
+                                                     math.ceil(batches_per_epoch(train, stage.batch_size, buckets)))
     logging.info("%s: %d steps: %s; dev evaluation every %d steps%s", desc, length.num_steps, length.reason,
                  eval_every, f", early stopping after {config.eval.patience} without a new best"
                  if config.eval.patience else "")
@@ -98,6 +98,12 @@ def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer:
         lambda rows: train_iterator(train, stage.batch_size, config.seed, rows, buckets), evaluate=best,
         batch_shapes=batch_shapes(train, stage.batch_size, buckets))
     return best, result.record
+
+
+def length_on(stage: ml_collections.ConfigDict, section: str, train: Arrays,
+              buckets: Optional[tuple[int, ...]]) -> engine.StageLength:
+    """The length `engine.stage_length` gives config section `section` (`stage`) on this training set."""
+    return engine.stage_length(stage, section, count(train), batches_per_epoch(train, stage.batch_size, buckets))
 
 
 def export_classifier(best: BestOnDev, task: glue.GlueTask, out_dir: Path, tokenizer_dir: Path) -> None:
