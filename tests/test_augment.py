@@ -18,7 +18,7 @@ from tinybert_jax.convert import load_hf_bert
 from tinybert_jax.data import conll, squad
 from tinybert_jax.data.augment import (Augmenter, augment_examples, is_candidate, load_augmenter, masked_lm_input,
                                        match_case, read_augmented, split_words)
-from tinybert_jax.data.augment_tasks import augment_task_examples, read_task_examples
+from tinybert_jax.data.augment_tasks import augment_spans, augment_tagged, read_spans, read_tagged
 from tinybert_jax.data.glove import load_glove
 from tinybert_jax.errors import InputError
 
@@ -267,8 +267,8 @@ def test_squad_augmentation_keeps_every_answer_at_its_offset(assets, tmp_path):
         ids.append(f"q{index}")
         questions.append(" ".join(rng.choice(SINGLE + STOP, 4)) + " ?")
     examples = squad.SquadExamples(ids, questions, contexts, answers)
-    augment_task_examples("span", examples, assets.augmenter, tmp_path / "squad")
-    got = read_task_examples("span", tmp_path / "squad")
+    augment_spans(examples, assets.augmenter, tmp_path / "squad")
+    got = read_spans(tmp_path / "squad")
     assert got.ids[0] == "q0" and got.answers[0] == [] and got.contexts[0] == contexts[0]
     by_original = {}
     for name, question, context, gold in zip(got.ids, got.questions, got.contexts, got.answers):
@@ -296,8 +296,8 @@ def test_tagged_augmentation_replaces_only_words_tagged_o(assets, tmp_path):
         sentence_tags[rng.integers(0, len(sentence))] = conll.TAGS.index("B-PER")  # a candidate word: kept
         words.append(sentence)
         tags.append(sentence_tags)
-    augment_task_examples("token", conll.TaggedExamples(words, tags), assets.augmenter, tmp_path / "conll")
-    got = read_task_examples("token", tmp_path / "conll")
+    augment_tagged(conll.TaggedExamples(words, tags), assets.augmenter, tmp_path / "conll")
+    got = read_tagged(tmp_path / "conll")
     originals = {" ".join(sentence): (sentence, sentence_tags) for sentence, sentence_tags in zip(words, tags)}
     changed = 0
     assert len(got) > 2 * len(words)

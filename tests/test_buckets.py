@@ -15,7 +15,7 @@ from tinybert_jax.distill.spec import init_trainable
 from tinybert_jax.distill.step import DistillSpec, distillation_losses, trim_teacher
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import Bert, BertConfig, init_params
-from tinybert_jax.task.data import batch_shapes, batches_per_epoch, bucket_lengths, eval_batches, train_iterator
+from tinybert_jax.task.arrays import batch_shapes, batches_per_epoch, bucket_lengths, eval_batches, train_iterator
 from tinybert_jax.train.engine import stage_length
 from tinybert_jax.task.evaluate import predict
 

@@ -10,8 +10,7 @@ import pytest
 from tinybert_jax.distill import losses
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.errors import InputError
-from tinybert_jax.models.bert import BertConfig
-from tinybert_jax.task.steps import PredictionLoss, prediction_distill_loss
+from tinybert_jax.task.steps import SEQUENCE_LOSSES, PredictionLoss, prediction_distill_loss
 
 B, HEADS, T, H = 3, 4, 7, 10
 
@@ -383,18 +382,18 @@ def test_stage2_sequence_loss_scales_and_gold_term_match_numpy(temperature):
     rng = np.random.default_rng(4)
     s, t = rng.normal(size=(2, 6, 8)).astype(np.float32) * 2
     labels = rng.integers(0, 8, 6)
-    cfg = BertConfig(num_labels=8)
     log_p_s = s / temperature - np.log(np.exp(s / temperature).sum(-1, keepdims=True))
     p_t = np.exp(t / temperature) / np.exp(t / temperature).sum(-1, keepdims=True)
     soft_sum = -(p_t * log_p_s).sum(-1).mean()
     gold = -(s - np.log(np.exp(s).sum(-1, keepdims=True)))[np.arange(6), labels].mean()
     batch = {"teacher_logits": t, "labels": labels}
-    close(prediction_distill_loss(cfg, s, batch, PredictionLoss(temperature), False), temperature ** 2 * soft_sum)
-    close(prediction_distill_loss(cfg, s, batch, PredictionLoss(temperature, "tinybert"), False), soft_sum / 8)
-    close(prediction_distill_loss(cfg, s, batch, PredictionLoss(temperature, alpha=0.6), False),
+    loss = lambda settings: prediction_distill_loss(SEQUENCE_LOSSES, s, batch, settings, False)
+    close(loss(PredictionLoss(temperature)), temperature ** 2 * soft_sum)
+    close(loss(PredictionLoss(temperature, "tinybert")), soft_sum / 8)
+    close(loss(PredictionLoss(temperature, alpha=0.6)),
           0.6 * temperature ** 2 * soft_sum + 0.4 * gold)
     regression = {"teacher_logits": t[:, :1], "labels": t[:, 1]}
-    close(prediction_distill_loss(cfg, s[:, :1], regression, PredictionLoss(temperature, alpha=0.5), True),
+    close(prediction_distill_loss(SEQUENCE_LOSSES, s[:, :1], regression, PredictionLoss(temperature, alpha=0.5), True),
           0.5 * np.mean((s[:, 0] - t[:, 0]) ** 2) + 0.5 * np.mean((s[:, 0] - t[:, 1]) ** 2))
 
 

@@ -12,12 +12,11 @@ from configs import task as task_config
 from test_task import FILLER, run_main, save_model
 from tinybert_jax import convert
 from tinybert_jax.data import conll, squad
-from tinybert_jax.data.augment_tasks import read_task_examples
+from tinybert_jax.data.augment_tasks import read_spans
 from tinybert_jax.data.prepare import load_tokenizer
-from tinybert_jax.models.bert import BertConfig
 from tinybert_jax.task import span_metrics
 from tinybert_jax.task.evaluate import predict
-from tinybert_jax.task.steps import PredictionLoss, prediction_distill_loss, supervised_loss
+from tinybert_jax.task.steps import SPAN_LOSSES, TOKEN_LOSSES, PredictionLoss, prediction_distill_loss
 
 ANSWERS = "paris london rome berlin madrid".split()  # the answer of "where" questions: the city in the context
 PERSONS, PLACES = "john mary anna".split(), "paris london rome".split()
@@ -141,7 +140,7 @@ def test_squad_fine_tune_distil_and_export(tmp_path, task, version):
                                             augment=augment)
     assert teacher["score"] >= 0.8, teacher
     if augment:  # every answer of the augmented set still at its offset, unanswerable questions kept
-        augmented = read_task_examples("span", tmp_path / "distilled" / "augmented")
+        augmented = read_spans(tmp_path / "distilled" / "augmented")
         assert len(augmented) > 2 * 240 and sum(not gold for gold in augmented.answers) > 2 * 80
         for context, gold in zip(augmented.contexts, augmented.answers):
             assert all(context[begin:begin + len(text)] == text for text, begin in gold)
@@ -212,23 +211,21 @@ def test_token_and_span_losses_match_numpy():
     student, teacher = rng.normal(size=(2, batch, length, labels_count)).astype(np.float32) * 3
     labels = np.where(rng.random((batch, length)) < 0.5, rng.integers(0, labels_count, (batch, length)), -100)
     labels[0, 0] = 1
-    token = BertConfig(num_labels=labels_count, pooler=False, task_head="token")
     gold = [-log_softmax(student[b, t])[labels[b, t]] for b in range(batch) for t in range(length) if labels[b, t] >= 0]
-    ours = supervised_loss(token, student, {"labels": labels, "attention_mask": mask}, regression=False)
+    ours = TOKEN_LOSSES.supervised(student, {"labels": labels, "attention_mask": mask}, regression=False)
     np.testing.assert_allclose(ours, np.mean(gold), rtol=1e-5)
     soft = -(np.exp(log_softmax(teacher / temperature)) * log_softmax(student / temperature)).sum(-1)
     for scale, factor in (("hinton", temperature ** 2), ("tinybert", 1 / labels_count)):
-        ours = prediction_distill_loss(token, student, {"teacher_logits": teacher, "attention_mask": mask},
+        ours = prediction_distill_loss(TOKEN_LOSSES, student, {"teacher_logits": teacher, "attention_mask": mask},
                                        PredictionLoss(temperature, scale), regression=False)
         np.testing.assert_allclose(ours, factor * soft[mask == 1].mean(), rtol=1e-5)
     # with the gold-label term: alpha * soft + (1 - alpha) * the fine-tuning loss
-    ours = prediction_distill_loss(token, student, {"teacher_logits": teacher, "attention_mask": mask,
-                                                    "labels": labels}, PredictionLoss(temperature, alpha=0.25),
+    ours = prediction_distill_loss(TOKEN_LOSSES, student, {"teacher_logits": teacher, "attention_mask": mask,
+                                                           "labels": labels}, PredictionLoss(temperature, alpha=0.25),
                                    regression=False)
     np.testing.assert_allclose(ours, 0.25 * temperature ** 2 * soft[mask == 1].mean() + 0.75 * np.mean(gold),
                                rtol=1e-5)
 
-    span = BertConfig(num_labels=2, pooler=False, task_head="span")
     student, teacher = student[..., :2], teacher[..., :2]
     starts, ends = np.array([1, 4, 0]), np.array([2, 4, 2])
     expected_gold, expected_soft = [], []
@@ -238,10 +235,10 @@ def test_token_and_span_losses_match_numpy():
             s, t = student[b, real, which], teacher[b, real, which]
             expected_gold.append(-log_softmax(s)[position])
             expected_soft.append(-(np.exp(log_softmax(t / temperature)) * log_softmax(s / temperature)).sum())
-    ours = supervised_loss(span, student, {"start_positions": starts, "end_positions": ends, "attention_mask": mask},
-                           regression=False)
+    ours = SPAN_LOSSES.supervised(student, {"start_positions": starts, "end_positions": ends, "attention_mask": mask},
+                                  regression=False)
     np.testing.assert_allclose(ours, np.mean(expected_gold), rtol=1e-5)
-    ours = prediction_distill_loss(span, student, {"teacher_logits": teacher, "attention_mask": mask},
+    ours = prediction_distill_loss(SPAN_LOSSES, student, {"teacher_logits": teacher, "attention_mask": mask},
                                    PredictionLoss(temperature), regression=False)
     np.testing.assert_allclose(ours, temperature ** 2 * np.mean(expected_soft), rtol=1e-5)
 

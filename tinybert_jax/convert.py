@@ -53,10 +53,20 @@ _TIED_DECODER = "cls.predictions.decoder.weight"
 _IGNORED = ((re.compile(r"^embeddings\.position_ids$"), None),
             (re.compile(r"^cls\.seq_relationship\."), "the next-sentence-prediction head"),
             (re.compile(r"^fit_denses?\."), "TinyBERT's fit_dense training projection"))
-# task head -> the Hugging Face name of its linear layer, and the architecture (class) of a model with it
-_HEAD_NAMES = {"sequence": "classifier", "token": "classifier", "span": "qa_outputs"}
-ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification",
-              "span": "BertForQuestionAnswering"}
+
+
+class HfHead(NamedTuple):
+    """A task head (models/bert.py TASK_HEADS) as Hugging Face writes it."""
+    linear: str  # the name of its linear layer
+    architecture: str  # the class of a model with it
+    labelled: bool = True  # config.json names its outputs (id2label; a span head's are start and end)
+    problem_type: bool = False  # config.json says regression or single-label classification
+
+
+HF_HEADS = {"sequence": HfHead("classifier", "BertForSequenceClassification", problem_type=True),
+            "token": HfHead("classifier", "BertForTokenClassification"),
+            "span": HfHead("qa_outputs", "BertForQuestionAnswering", labelled=False)}
+ARCHITECTURES = {head: hf.architecture for head, hf in HF_HEADS.items()}
 _NOT_IN_HF_CONFIG = ("dtype", "param_dtype", "pooler", "mlm_head", "num_labels", "task_head")
 _REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                          "intermediate_size")
@@ -79,7 +89,7 @@ def weight_names(cfg: BertConfig) -> Iterator[WeightName]:
         modules += [("cls.predictions.transform.dense", ("mlm_head", "transform"), "linear", False),
                     ("cls.predictions.transform.LayerNorm", ("mlm_head", "transform_norm"), "norm", False)]
     if cfg.num_labels:
-        modules.append((_HEAD_NAMES[cfg.task_head], ("classifier",), "linear", False))
+        modules.append((HF_HEADS[cfg.task_head].linear, ("classifier",), "linear", False))
     for hf, path, kind, per_layer in modules:
         for hf_suffix, leaf, transpose in _KINDS[kind]:
             yield WeightName(f"{hf}.{hf_suffix}", path + (leaf,), transpose, per_layer)
@@ -144,13 +154,13 @@ def config_to_hf(cfg: BertConfig, id2label: Optional[dict[int, str]] = None) -> 
     config = {key: value for key, value in dataclasses.asdict(cfg).items()
               if key not in _NOT_IN_HF_CONFIG}
     config.update(model_type="bert", architectures=[architecture], tie_word_embeddings=True, pad_token_id=0)
-    if cfg.num_labels and cfg.task_head != "span":  # a span head's two outputs are start and end, not labels
+    if cfg.num_labels and HF_HEADS[cfg.task_head].labelled:
         id2label = id2label or {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
         if sorted(int(i) for i in id2label) != list(range(cfg.num_labels)):
             raise InputError(f"id2label keys {sorted(id2label)} must be exactly 0..{cfg.num_labels - 1}")
         config["id2label"] = {str(i): str(label) for i, label in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
         config["label2id"] = {label: int(i) for i, label in config["id2label"].items()}
-        if cfg.task_head == "sequence":
+        if HF_HEADS[cfg.task_head].problem_type:
             config["problem_type"] = "regression" if cfg.num_labels == 1 else "single_label_classification"
     return config
 
@@ -180,10 +190,8 @@ def load_hf_bert(path_or_hub_id: str) -> tuple[BertConfig, dict[str, Any]]:
     config = hf_checkpoint.read_config(ckpt_dir)
     raw, source = hf_checkpoint.read_weights(ckpt_dir)
     weights = _normalise_names(raw)
-    task_head = "span" if "qa_outputs.weight" in weights else (
-        "token" if any(str(name).endswith("ForTokenClassification") for name in config.get("architectures") or ())
-        else "sequence")
-    head_weight = f"{_HEAD_NAMES[task_head]}.weight"
+    task_head = _task_head_of(weights, config.get("architectures") or ())
+    head_weight = f"{HF_HEADS[task_head].linear}.weight"
     classifier = weights.get(head_weight)
     if classifier is not None and getattr(classifier, "ndim", 0) != 2:
         raise InputError(f"{source}: weight {head_weight!r} has shape {classifier.shape}, expected "
@@ -194,6 +202,15 @@ def load_hf_bert(path_or_hub_id: str) -> tuple[BertConfig, dict[str, Any]]:
     params = _params_from_hf(cfg, weights, source)
     _report_unused(cfg, weights, params, source)
     return cfg, params
+
+
+def _task_head_of(weights: dict, architectures) -> str:
+    """The head config.json's architectures name (by class, e.g. ...ForTokenClassification), else the one whose
+    linear layer the weights hold (`classifier` is the first listed, the sequence head's), else BertConfig's."""
+    for head, hf in HF_HEADS.items():
+        if any(str(name).endswith(hf.architecture.removeprefix("Bert")) for name in architectures):
+            return head
+    return next((head for head, hf in HF_HEADS.items() if f"{hf.linear}.weight" in weights), BertConfig.task_head)
 
 
 def _params_from_hf(cfg: BertConfig, weights: dict[str, np.ndarray], source: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from tinybert_jax.data.loader import bucket_plan
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.data.wordpiece import train_wordpiece
 from tinybert_jax.models.bert import BertConfig
-from tinybert_jax.task.data import Arrays, bucket_lengths, cut_rows, example_buckets
+from tinybert_jax.task.arrays import Arrays, bucket_lengths, cut_rows, example_buckets
 
 KINDS = (("single", 64, False), ("pair", 128, True))
 AUGMENT_SEQ_LEN = 128  # `bench augment`'s default --seq-len

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import numpy as np
 
-from tinybert_jax.data.glue import GlueTask, TaskExamples, parse_score
+from tinybert_jax.data.glue import TaskExamples, parse_score
 from tinybert_jax.errors import InputError
+from tinybert_jax.task.spec import Task
 
 if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this module on hosts without it
     import ml_collections
@@ -41,7 +42,7 @@ def names(value: Union[str, Sequence]) -> tuple[str, ...]:
     return tuple(str(item).strip() for item in items if str(item).strip())
 
 
-def custom_task(data: ml_collections.ConfigDict) -> GlueTask:
+def custom_task(data: ml_collections.ConfigDict) -> Task:
     """The task data.* describes; without data.labels its labels are read from the training file."""
     text_columns = names(data.text_columns)
     if len(text_columns) not in (1, 2):
@@ -62,11 +63,11 @@ def custom_task(data: ml_collections.ConfigDict) -> GlueTask:
         metric = "macro_f1"
     metrics = ((metric, "pearson", "spearman") if regression else
                (metric,) + (("accuracy",) if metric != "accuracy" else ()))
-    return GlueTask(NAME, labels=labels, text_columns=text_columns, label_column=data.label_column,
-                    tsv_labels=labels, tfds_text_features=(), metrics=metrics, main_metric=metric)
+    return Task(NAME, labels=labels, text_columns=text_columns, reader="custom", label_column=data.label_column,
+                tsv_labels=labels, metrics=metrics, main_metric=metric)
 
 
-def read_split(task: GlueTask, source: str, split: str, labelled: bool = True) -> TaskExamples:
+def read_split(task: Task, source: str, split: str, labelled: bool = True) -> TaskExamples:
     """The examples of `split`, label ids in task.labels' order (float scores for regression); labelled=False
     reads only the texts (an unlabelled test file; a label column is ignored) and gives zero labels."""
     path = data_file(source, split)
@@ -152,7 +153,7 @@ def _field(path: Path, line: int, row: dict, name: str) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _label(task: GlueTask, path: Path, line: int, value: str) -> int | float:
+def _label(task: Task, path: Path, line: int, value: str) -> int | float:
     if task.is_regression:
         score = parse_score(value)
         if not math.isfinite(score):

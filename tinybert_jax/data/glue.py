@@ -37,9 +37,9 @@ from tqdm import tqdm
 
 from tinybert_jax.data import corpus
 from tinybert_jax.errors import InputError
+from tinybert_jax.task.spec import Task
 
 TFDS_SOURCE = "tfds"
-TRAIN = "train"
 ENCODE_BATCH = 2048
 STSB_SCORE_RANGE = (0.0, 5.0)
 _TFDS_SPLITS = {"train": "train", "dev": "validation", "dev_matched": "validation_matched",
@@ -50,73 +50,43 @@ _LABEL_ALIASES = {"contradictory": "contradiction", "non_entailment": "not_entai
 _GENERIC_LABEL = re.compile(r"label_\d+")  # transformers' default id2label: the checkpoint did not name them
 
 
-@dataclasses.dataclass(frozen=True)
-class GlueTask:
-    """One GLUE task: its labels, text fields in both sources, metrics and dev splits."""
-    name: str
-    labels: tuple[str, ...]  # canonical order (TFDS glue's); empty for regression
-    text_columns: tuple[str, ...]  # TSV header names of the one or two text fields
-    label_column: str  # TSV header name of the label
-    tsv_labels: tuple[str, ...]  # how each canonical label is written in the TSV files
-    tfds_text_features: tuple[str, ...]  # TFDS feature names of the text fields, in text_columns' order
-    metrics: tuple[str, ...] = ("accuracy",)  # keys of `tinybert_jax.task.glue_metrics.task_metrics`
-    main_metric: str = "accuracy"  # selects the best checkpoint, on dev_splits[0]
-    dev_splits: tuple[str, ...] = ("dev",)
-    headerless_columns: tuple[str, ...] = ()  # column names of TSV files without a header row (CoLA)
-    # (unlabelled test split, the GLUE leaderboard's file name for its predictions)
-    leaderboard: tuple[tuple[str, str], ...] = ()
-    head: str = "sequence"  # the model's task head (BertConfig.task_head): sequence, token (NER) or span (QA)
-
-    @property
-    def is_regression(self) -> bool:
-        return not self.labels
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels) or 1
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return (TRAIN,) + self.dev_splits
-
-
 _DIGITS = ("0", "1")  # binary tasks whose TSV files write the canonical label ids
 _NLI = ("entailment", "not_entailment")
 
 # Main metrics: CoLA's Matthews correlation and accuracy elsewhere, as GLUE reports them; F1 for MRPC and QQP
 # (GLUE's headline figure for them, and the one that is not inflated by their class imbalance); for STS-B the mean
 # of Pearson and Spearman, the selection metric of the original TinyBERT code. MNLI selects on matched accuracy.
-TASKS: dict[str, GlueTask] = {task.name: task for task in (
-    GlueTask("cola", labels=("unacceptable", "acceptable"), text_columns=("sentence",), label_column="label",
+TASKS: dict[str, Task] = {task.name: task for task in (
+    Task("cola", labels=("unacceptable", "acceptable"), text_columns=("sentence",), label_column="label",
              tsv_labels=_DIGITS, tfds_text_features=("sentence",), metrics=("matthews_corr", "accuracy"),
              main_metric="matthews_corr", headerless_columns=("source", "label", "original_notation", "sentence"),
              leaderboard=(("test", "CoLA"),)),
-    GlueTask("sst2", labels=("negative", "positive"), text_columns=("sentence",), label_column="label",
+    Task("sst2", labels=("negative", "positive"), text_columns=("sentence",), label_column="label",
              tsv_labels=_DIGITS, tfds_text_features=("sentence",), leaderboard=(("test", "SST-2"),)),
-    GlueTask("mrpc", labels=("not_equivalent", "equivalent"), text_columns=("#1 String", "#2 String"),
+    Task("mrpc", labels=("not_equivalent", "equivalent"), text_columns=("#1 String", "#2 String"),
              label_column="Quality", tsv_labels=_DIGITS, tfds_text_features=("sentence1", "sentence2"),
              metrics=("f1", "accuracy"), main_metric="f1", leaderboard=(("test", "MRPC"),)),
-    GlueTask("stsb", labels=(), text_columns=("sentence1", "sentence2"), label_column="score", tsv_labels=(),
+    Task("stsb", labels=(), text_columns=("sentence1", "sentence2"), label_column="score", tsv_labels=(),
              tfds_text_features=("sentence1", "sentence2"), metrics=("pearson_spearman_mean", "pearson", "spearman"),
              main_metric="pearson_spearman_mean", leaderboard=(("test", "STS-B"),)),
-    GlueTask("qqp", labels=("not_duplicate", "duplicate"), text_columns=("question1", "question2"),
+    Task("qqp", labels=("not_duplicate", "duplicate"), text_columns=("question1", "question2"),
              label_column="is_duplicate", tsv_labels=_DIGITS, tfds_text_features=("question1", "question2"),
              metrics=("f1", "accuracy"), main_metric="f1", leaderboard=(("test", "QQP"),)),
-    GlueTask("mnli", labels=("entailment", "neutral", "contradiction"), text_columns=("sentence1", "sentence2"),
+    Task("mnli", labels=("entailment", "neutral", "contradiction"), text_columns=("sentence1", "sentence2"),
              label_column="gold_label", tsv_labels=("entailment", "neutral", "contradiction"),
              tfds_text_features=("premise", "hypothesis"), dev_splits=("dev_matched", "dev_mismatched"),
              leaderboard=(("test_matched", "MNLI-m"), ("test_mismatched", "MNLI-mm"))),
-    GlueTask("qnli", labels=_NLI, text_columns=("question", "sentence"), label_column="label", tsv_labels=_NLI,
+    Task("qnli", labels=_NLI, text_columns=("question", "sentence"), label_column="label", tsv_labels=_NLI,
              tfds_text_features=("question", "sentence"), leaderboard=(("test", "QNLI"),)),
-    GlueTask("rte", labels=_NLI, text_columns=("sentence1", "sentence2"), label_column="label", tsv_labels=_NLI,
+    Task("rte", labels=_NLI, text_columns=("sentence1", "sentence2"), label_column="label", tsv_labels=_NLI,
              tfds_text_features=("sentence1", "sentence2"), leaderboard=(("test", "RTE"),)),
-    GlueTask("wnli", labels=("not_entailment", "entailment"), text_columns=("sentence1", "sentence2"),
+    Task("wnli", labels=("not_entailment", "entailment"), text_columns=("sentence1", "sentence2"),
              label_column="label", tsv_labels=_DIGITS, tfds_text_features=("sentence1", "sentence2"),
              leaderboard=(("test", "WNLI"),)),
 )}
 
 
-def get_task(name: str) -> GlueTask:
+def get_task(name: str) -> Task:
     """The task called `name`, case-insensitively; "sst-2" and "sts-b" are accepted too."""
     key = name.strip().lower()
     task = TASKS.get(_TASK_ALIASES.get(key, key))
@@ -136,7 +106,7 @@ class TaskExamples:
         return len(self.text_a)
 
 
-def read_split(task: GlueTask, source: str, split: str, tfds_data_dir: str = "") -> TaskExamples:
+def read_split(task: Task, source: str, split: str, tfds_data_dir: str = "") -> TaskExamples:
     """The labelled examples of `split` from a GLUE TSV directory or, for source "tfds", from TFDS glue."""
     if split not in task.splits:
         raise InputError(f"task {task.name} has no split {split!r}; valid splits: {', '.join(task.splits)} "
@@ -152,7 +122,7 @@ def read_split(task: GlueTask, source: str, split: str, tfds_data_dir: str = "")
 
 
 # ------------------------------------------------------------------------------------------------ TSV
-def _read_tsv(task: GlueTask, directory: str, split: str) -> tuple[list[list[str]], list, str]:
+def _read_tsv(task: Task, directory: str, split: str) -> tuple[list[list[str]], list, str]:
     files = ", ".join(f"{name}.tsv" for name in task.splits)
     if not Path(directory).is_dir():
         raise InputError(f"GLUE source {directory!r}: no such directory; give a directory with {files} "
@@ -194,7 +164,7 @@ def _tsv_fields(path: Path, line_number: int, raw: bytes) -> list[str]:
     return line.rstrip("\r\n").split("\t")
 
 
-def _column_indices(task: GlueTask, path: Path, columns: tuple[str, ...]) -> tuple[list[int], int]:
+def _column_indices(task: Task, path: Path, columns: tuple[str, ...]) -> tuple[list[int], int]:
     missing = [name for name in task.text_columns + (task.label_column,) if name not in columns]
     if missing:
         raise InputError(f"{path}: header has no column {', '.join(map(repr, missing))} (header: "
@@ -211,7 +181,7 @@ def parse_score(value: str) -> float:
         return math.nan
 
 
-def _tsv_label(task: GlueTask, path: Path, line_number: int, value: str) -> int | float:
+def _tsv_label(task: Task, path: Path, line_number: int, value: str) -> int | float:
     if task.is_regression:
         score = parse_score(value)
         if not STSB_SCORE_RANGE[0] <= score <= STSB_SCORE_RANGE[1]:
@@ -224,7 +194,7 @@ def _tsv_label(task: GlueTask, path: Path, line_number: int, value: str) -> int 
     return task.tsv_labels.index(value)
 
 
-def read_test_split(task: GlueTask, directory: str, split: str) -> tuple[list[str], TaskExamples]:
+def read_test_split(task: Task, directory: str, split: str) -> tuple[list[str], TaskExamples]:
     """The ids (the file's `index` or `id` column, else the row number) and texts of an unlabelled GLUE test file
     (test.tsv; MNLI test_matched.tsv / test_mismatched.tsv). Test files have a header row, CoLA's too."""
     path = Path(directory) / f"{split}.tsv"
@@ -254,7 +224,7 @@ def read_test_split(task: GlueTask, directory: str, split: str) -> tuple[list[st
     return ids, TaskExamples(texts[0], texts[1] if len(texts) > 1 else None, labels)
 
 
-def leaderboard_labels(task: GlueTask, logits: np.ndarray) -> list[str]:
+def leaderboard_labels(task: Task, logits: np.ndarray) -> list[str]:
     """Predictions as the leaderboard writes them: the label as in the task's TSV files, or the score in
     [0, 5] for STS-B."""
     if task.is_regression:
@@ -263,7 +233,7 @@ def leaderboard_labels(task: GlueTask, logits: np.ndarray) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- TFDS
-def _read_tfds(task: GlueTask, split: str, data_dir: str) -> tuple[list[list[str]], list, str]:
+def _read_tfds(task: Task, split: str, data_dir: str) -> tuple[list[list[str]], list, str]:
     # Registers the glue builder by itself: tfds' lazy lookup imports every text dataset, which needs TensorFlow.
     import tensorflow_datasets.text.glue  # noqa: F401
 
@@ -283,7 +253,7 @@ def _read_tfds(task: GlueTask, split: str, data_dir: str) -> tuple[list[list[str
     return texts, labels, where
 
 
-def _tfds_label(task: GlueTask, where: str, index: int, value) -> int | float:
+def _tfds_label(task: Task, where: str, index: int, value) -> int | float:
     if task.is_regression:
         score = float(value)
         if not STSB_SCORE_RANGE[0] <= score <= STSB_SCORE_RANGE[1]:
@@ -301,7 +271,7 @@ def _tfds_label(task: GlueTask, where: str, index: int, value) -> int | float:
 
 
 # --------------------------------------------------------------------------------------- teacher labels
-def label_permutation(task: GlueTask, id2label: dict | None) -> np.ndarray | None:
+def label_permutation(task: Task, id2label: dict | None) -> np.ndarray | None:
     """`perm` with `canonical_logits = teacher_logits[..., perm]`, from a checkpoint's config.json id2label.
 
     None when no reordering is needed or possible to know: regression, no id2label, transformers' generic names

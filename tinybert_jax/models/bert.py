@@ -29,7 +29,22 @@ ACTIVATIONS = {
     "swish": jax.nn.silu,
 }
 DTYPES = ("float32", "bfloat16", "float16")
-TASK_HEADS = ("sequence", "token", "span")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskHead:
+    """The linear layer on the encoder that a task kind trains (task/kinds.py), as transformers builds it."""
+    reads_pooled: bool  # the pooled [CLS] (needs the pooler), else the last hidden state of every token
+    dropout: bool  # dropout before the layer
+    num_outputs: int = 0  # a fixed output count (> 0), else num_labels
+
+
+TASK_HEADS = {
+    "sequence": TaskHead(reads_pooled=True, dropout=True),  # BertForSequenceClassification: [batch, num_labels]
+    "token": TaskHead(reads_pooled=False, dropout=True),  # BertForTokenClassification: [batch, T, num_labels]
+    # BertForQuestionAnswering: [batch, T, 2], the start and end logits; no dropout before it
+    "span": TaskHead(reads_pooled=False, dropout=False, num_outputs=2),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +69,7 @@ class BertConfig:
     pooler: bool = True  # BertModel / classifiers have one, BertForMaskedLM has none
     mlm_head: bool = False
     num_labels: int = 0  # 0: no classifier; 1: regression
-    # What the classifier reads (with num_labels > 0): "sequence" the pooled [CLS] (BertForSequenceClassification),
-    # "token" every token (BertForTokenClassification), "span" every token, num_labels=2 start/end logits
-    # (BertForQuestionAnswering).
+    # The classifier (with num_labels > 0): a key of TASK_HEADS
     task_head: str = "sequence"
     classifier_dropout: Optional[float] = None  # None: hidden_dropout_prob, as in Hugging Face
     # False: params['layers'] is a tuple of per-layer trees (see unstack_layers), for frozen models only.
@@ -82,11 +95,14 @@ class BertConfig:
         if self.num_labels and self.mlm_head:
             raise ValueError("BertConfig: choose one head, mlm_head=True or num_labels > 0, not both")
         if self.task_head not in TASK_HEADS:
-            raise ValueError(f"BertConfig.task_head={self.task_head!r}; use one of {TASK_HEADS}")
-        if self.num_labels and self.task_head == "sequence" and not self.pooler:
-            raise ValueError("BertConfig.num_labels > 0 needs pooler=True (the classifier reads the pooled output)")
-        if self.num_labels and self.task_head == "span" and self.num_labels != 2:
-            raise ValueError(f"BertConfig: a span head has 2 outputs (start, end), got num_labels={self.num_labels}")
+            raise ValueError(f"BertConfig.task_head={self.task_head!r}; use one of {tuple(TASK_HEADS)}")
+        head = TASK_HEADS[self.task_head]
+        if self.num_labels and head.reads_pooled and not self.pooler:
+            raise ValueError(f"BertConfig.num_labels > 0 needs pooler=True (the {self.task_head} classifier reads "
+                             f"the pooled output)")
+        if self.num_labels and head.num_outputs and self.num_labels != head.num_outputs:
+            raise ValueError(f"BertConfig: a {self.task_head} head has {head.num_outputs} outputs, got "
+                             f"num_labels={self.num_labels}")
 
     @property
     def head_dim(self) -> int:
@@ -330,12 +346,12 @@ class Bert(nn.Module):
             pooled = jnp.tanh(self.pooler(hidden_states[-1][:, 0]))
         if cfg.mlm_head:
             logits = self.mlm_head(hidden_states[-1], self.embeddings.word_embeddings)
-        elif cfg.num_labels and cfg.task_head == "sequence":
-            logits = self.classifier(self.classifier_dropout(pooled, deterministic=deterministic))
-        elif cfg.num_labels and cfg.task_head == "token":  # [batch, T, num_labels]
-            logits = self.classifier(self.classifier_dropout(hidden_states[-1], deterministic=deterministic))
-        elif cfg.num_labels:  # span: [batch, T, 2]; no dropout before it, as in BertForQuestionAnswering
-            logits = self.classifier(hidden_states[-1])
+        elif cfg.num_labels:
+            head = TASK_HEADS[cfg.task_head]
+            features = pooled if head.reads_pooled else hidden_states[-1]
+            if head.dropout:
+                features = self.classifier_dropout(features, deterministic=deterministic)
+            logits = self.classifier(features)
         return BertOutput(hidden_states=hidden_states, attention_scores=scores, projections=projections,
                           pooled_output=pooled, logits=logits)
 

@@ -8,23 +8,22 @@ from pathlib import Path
 import ml_collections
 
 from tinybert_jax import convert, hf_checkpoint, report
-from tinybert_jax.data import tasks
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.spec import compute_dtype
-from tinybert_jax.task import classifier
-from tinybert_jax.task.data import encode_train, load_dev_sets, seq_len_for
+from tinybert_jax.task import catalog, classifier
+from tinybert_jax.task.kinds import encode_train, kind_of, load_dev_sets, seq_len_for
 from tinybert_jax.task.evaluate import curve_rows, main_score
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     workdir = Path(workdir)
-    task = tasks.get_task(config)
+    task = catalog.get_task(config)
     model_dir = hf_checkpoint.resolve_checkpoint_dir(config.teacher.path)
     pretrained_cfg, pretrained = convert.load_hf_bert(str(model_dir))
     cfg = classifier.classifier_config(pretrained_cfg, task).replace(dtype=compute_dtype(config))
     tokenizer = load_tokenizer(str(model_dir))
     seq_len = seq_len_for(task, config.data.seq_len)
-    train = encode_train(task, tasks.read_split(task, config.data, "train"), tokenizer, seq_len, config.data)
+    train = encode_train(task, catalog.read_split(task, config.data, "train"), tokenizer, seq_len, config.data)
     dev_sets = load_dev_sets(task, config.data, tokenizer, seq_len)
 
     best, record = classifier.train_classifier(config, "train", config.optimizer, cfg, task, train, dev_sets,
@@ -44,4 +43,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         (f"  {split} {name}", f"{value:.4f}") for split, metrics in best.best["scores"].items()
         for name, value in metrics.items()] + [
         ("export", str(export_dir)), ("report", str(workdir / "report.json")),
-        ("load with", report.load_line(export_dir, classifier.AUTO_CLASSES[task.head]))])
+        ("load with", report.load_line(export_dir, kind_of(task).auto_class))])

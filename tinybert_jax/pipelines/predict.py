@@ -12,20 +12,22 @@ import ml_collections
 import numpy as np
 
 from tinybert_jax import distributed, report
-from tinybert_jax.data import custom, glue, tasks
+from tinybert_jax.data import custom, glue
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.spec import compute_dtype
 from tinybert_jax.errors import InputError
-from tinybert_jax.task import classifier
-from tinybert_jax.task.data import bucket_lengths, seq_len_for
+from tinybert_jax.task import catalog, classifier
+from tinybert_jax.task.arrays import bucket_lengths
 from tinybert_jax.task.evaluate import predict
+from tinybert_jax.task.kinds import kind_of, seq_len_for
+from tinybert_jax.task.spec import Task
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    task = tasks.get_task(config)
-    if task.head != "sequence":
+    task = catalog.get_task(config)
+    if not kind_of(task).predicts:
         raise InputError(f"task={task.name}: predict writes GLUE leaderboard files and custom-task predictions; "
-                         f"use the exported {classifier.AUTO_CLASSES[task.head]} with transformers for {task.name}")
+                         f"use the exported {kind_of(task).auto_class} with transformers for {task.name}")
     model_dir, cfg, params, permutation = classifier.load_classifier(config.model.path, "model.path", task)
     cfg = cfg.replace(dtype=compute_dtype(config))
     tokenizer, seq_len = load_tokenizer(str(model_dir)), seq_len_for(task, config.data.seq_len)
@@ -54,7 +56,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     report.print_table(f"predictions of {model_dir} on {task.name}", rows)
 
 
-def predicted_labels(task: glue.GlueTask, logits: np.ndarray) -> list[str]:
+def predicted_labels(task: Task, logits: np.ndarray) -> list[str]:
     """The label names of the predictions, or the scores of a regression."""
     if task.is_regression:
         return [f"{score:.6g}" for score in logits[:, 0]]

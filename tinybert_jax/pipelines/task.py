@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from tinybert_jax import convert, distributed, report, sharding
-from tinybert_jax.data import augment, augment_tasks, custom, glue, tasks
+from tinybert_jax.data import augment, custom
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.projection import load_projection
 from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, init_trainable, run_meta, \
@@ -30,10 +30,11 @@ from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, ini
 from tinybert_jax.distill.step import DistillSpec, make_distill_step
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, abstract_params
-from tinybert_jax.task import baseline, classifier, fingerprint
-from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, bucket_lengths, count, encode_train, load_dev_sets, \
-    seq_len_for, train_iterator
+from tinybert_jax.task import baseline, cache_keys, catalog, classifier, fingerprint
+from tinybert_jax.task.arrays import Arrays, DevSet, batch_shapes, bucket_lengths, count, train_iterator
 from tinybert_jax.task.evaluate import curve_rows, evaluate, main_score, predict
+from tinybert_jax.task.kinds import encode_train, kind_of, load_dev_sets, seq_len_for
+from tinybert_jax.task.spec import Task
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
 
@@ -86,7 +87,7 @@ def seed_summary(scores: dict[int, float]) -> tuple[dict, list[tuple[str, str]]]
 
 
 def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    task = tasks.get_task(config)
+    task = catalog.get_task(config)
     dtype = compute_dtype(config)
     # the fine-tuned teacher, its logits permuted to the task's label order
     teacher_dir, teacher_cfg, teacher_params, permutation = classifier.load_classifier(
@@ -100,9 +101,9 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     teacher_scores = evaluate(teacher_cfg, teacher_params, dev_sets, config.eval.batch_size, permutation)
     check_teacher(config, task, teacher_scores, dev_sets)
 
-    original = tasks.read_split(task, config.data, "train")
-    prints = fingerprint.task_fingerprints(config, task, original, seq_len, teacher_params, permutation,
-                                           student_params, projection)
+    original = catalog.read_split(task, config.data, "train")
+    prints = cache_keys.task_fingerprints(config, task, original, seq_len, teacher_params, permutation,
+                                          student_params, projection)
     check_stage(workdir / "stage1", prints["stage1"], "stage 1")  # before hours of augmentation
     check_stage(workdir / "stage2", prints["stage2"], "stage 2 (and the export made from it)")
     if config.baseline.finetune:
@@ -177,7 +178,7 @@ def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
     rows += [(f"student {split} {name}", f"{value:.4f}") for split, metrics in student_scores.items()
              for name, value in metrics.items()]
     rows += [("export", str(export_dir)), ("report", str(workdir / "report.json")),
-             ("load with", report.load_line(export_dir, classifier.AUTO_CLASSES[task.head]))]
+             ("load with", report.load_line(export_dir, kind_of(task).auto_class))]
     report.print_table(f"task distillation ({task.name})", rows)
 
 
@@ -209,7 +210,7 @@ def compare_with_finetuning(config, task, student_cfg, student_params, original,
             rows + [("distilled - best direct fine-tune", f"{gain:+.2f} points")])
 
 
-def check_teacher(config: ml_collections.ConfigDict, task: glue.GlueTask, scores: dict,
+def check_teacher(config: ml_collections.ConfigDict, task: Task, scores: dict,
                   dev_sets: dict[str, DevSet]) -> None:
     """Stops before hours of augmentation and training when the teacher's dev score is no better than chance."""
     split = task.dev_splits[0]
@@ -237,7 +238,7 @@ def load_student(config: ml_collections.ConfigDict, teacher: BertConfig) -> tupl
     return cfg.replace(pooler=False, mlm_head=False, num_labels=0), params, projection
 
 
-def training_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, train, augment_fingerprint: dict,
+def training_examples(config: ml_collections.ConfigDict, task: Task, train, augment_fingerprint: dict,
                       workdir: Path):
     """The training set, augmented when augment.enabled (made once, by every process, each its share of chunks,
     resumable after an interruption; made again when its fingerprint differs)."""
@@ -252,12 +253,11 @@ def training_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, tr
         augmenter = augment.load_augmenter(settings.mlm_path, settings.glove_path or None, k=settings.k,
                                            p_t=settings.p_t, n_a=settings.n_a, seed=config.seed,
                                            batch_size=settings.batch_size, max_seq_len=settings.max_seq_len)
-        augment_tasks.augment_task_examples(task.head, train, augmenter, out_dir, settings.save_every,
-                                            resume_key=augment_fingerprint)
+        kind_of(task).augment(train, augmenter, out_dir, settings.save_every, resume_key=augment_fingerprint)
         if distributed.is_leader():  # after the data: a crash in between means augment again
             fingerprint.write(stored, augment_fingerprint)
         distributed.barrier("augmented data written")
-    return augment_tasks.read_task_examples(task.head, out_dir)
+    return kind_of(task).read_augmented(out_dir)
 
 
 def check_stage(directory: Path, stage_fingerprint: dict, what: str) -> None:

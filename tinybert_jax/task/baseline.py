@@ -13,7 +13,7 @@ from tinybert_jax.data import custom
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig
 from tinybert_jax.task import classifier
-from tinybert_jax.task.data import Arrays, DevSet
+from tinybert_jax.task.arrays import Arrays, DevSet
 from tinybert_jax.task.evaluate import main_score
 
 

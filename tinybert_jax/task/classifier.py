@@ -15,34 +15,34 @@ from absl import logging
 from tinybert_jax import convert, distributed, hf_checkpoint
 from tinybert_jax.data import glue
 from tinybert_jax.errors import InputError
-from tinybert_jax.models.bert import BertConfig, boxed_params
-from tinybert_jax.task.data import Arrays, DevSet, batch_shapes, batches_per_epoch, bucket_lengths, count, \
+from tinybert_jax.models.bert import TASK_HEADS, BertConfig, boxed_params
+from tinybert_jax.task.arrays import Arrays, DevSet, batch_shapes, batches_per_epoch, bucket_lengths, count, \
     train_iterator
 from tinybert_jax.task.evaluate import BestOnDev
+from tinybert_jax.task.kinds import kind_of
+from tinybert_jax.task.spec import Task
 from tinybert_jax.task.steps import PredictionLoss, make_task_step
 from tinybert_jax.train import engine
 from tinybert_jax.train.loop import LoopRecord
 
 EVAL_EVERY_STEPS_AT_MOST = 1000  # eval.every_steps=0 on a large data set: still several evaluations an epoch
-# the transformers class that loads an export, per task head
-AUTO_CLASSES = {"sequence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification",
-                "span": "AutoModelForQuestionAnswering"}
 
 
-def load_classifier(path: str, key: str, task: glue.GlueTask, hint: str = "") -> tuple[Path, BertConfig, dict,
+def load_classifier(path: str, key: str, task: Task, hint: str = "") -> tuple[Path, BertConfig, dict,
                                                                                  Optional[np.ndarray]]:
     """(directory, config, parameters, permutation of its logits to the task's label order) of the classifier at
     `path` (the config key `key`); refused when its output count is not the task's (`hint` says what to do) or its
     id2label names other labels."""
     directory = hf_checkpoint.resolve_checkpoint_dir(path)
     cfg, params = convert.load_hf_bert(str(directory))
-    if cfg.num_labels and cfg.task_head != task.head:
+    head = kind_of(task).head
+    if cfg.num_labels and cfg.task_head != head:
         raise InputError(f"{key}={path}: a {convert.ARCHITECTURES[cfg.task_head]}, but {task.name} needs a "
-                         f"{convert.ARCHITECTURES[task.head]}{hint}")
+                         f"{convert.ARCHITECTURES[head]}{hint}")
     if cfg.num_labels != task.num_labels:
         raise InputError(f"{key}={path}: a classifier with {cfg.num_labels} output(s) (0 = no classifier head), but "
                          f"{task.name} needs {task.num_labels}{hint}")
-    if task.head == "span":  # start and end, never reordered
+    if not kind_of(task).label_order:
         return directory, cfg, params, None
     try:
         permutation = glue.label_permutation(task, hf_checkpoint.read_config(directory).get("id2label"))
@@ -51,11 +51,12 @@ def load_classifier(path: str, key: str, task: glue.GlueTask, hint: str = "") ->
     return directory, cfg, params, permutation
 
 
-def classifier_config(cfg: BertConfig, task: glue.GlueTask) -> BertConfig:
-    """The task model on encoder `cfg`: a pooler only under a sequence head (the per-token heads read the last
+def classifier_config(cfg: BertConfig, task: Task) -> BertConfig:
+    """The task model on encoder `cfg`: a pooler only under a head that reads it (the per-token heads read the last
     hidden state, and transformers' token and span classes have none)."""
-    return cfg.replace(pooler=task.head == "sequence", mlm_head=False, num_labels=task.num_labels,
-                       task_head=task.head, stacked_layers=True)
+    head = kind_of(task).head
+    return cfg.replace(pooler=TASK_HEADS[head].reads_pooled, mlm_head=False, num_labels=task.num_labels,
+                       task_head=head, stacked_layers=True)
 
 
 def encoder_params(params: dict, cfg: BertConfig) -> dict:
@@ -64,12 +65,12 @@ def encoder_params(params: dict, cfg: BertConfig) -> dict:
     return {key: value for key, value in params.items() if key in wanted}
 
 
-def label_names(task: glue.GlueTask) -> dict[int, str]:
+def label_names(task: Task) -> dict[int, str]:
     return dict(enumerate(task.labels)) if task.labels else {0: "score"}
 
 
 def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer: ml_collections.ConfigDict,
-                     cfg: BertConfig, task: glue.GlueTask, train: Arrays, dev_sets: dict[str, DevSet],
+                     cfg: BertConfig, task: Task, train: Arrays, dev_sets: dict[str, DevSet],
                      init_params: dict, directory: Path, desc: str, distill: bool = False,
                      stage: Optional[ml_collections.ConfigDict] = None) -> tuple[BestOnDev, LoopRecord]:
     """Trains on gold labels, or with `distill` on the teacher's logits in train['teacher_logits'],
@@ -94,7 +95,7 @@ def train_classifier(config: ml_collections.ConfigDict, section: str, optimizer:
     loss = PredictionLoss.of(stage) if distill else None
     result = engine.train(
         config, job, lambda rng: {"model": boxed_params(cfg, rng)},
-        lambda tx, schedule: make_task_step(cfg, tx, schedule, task.is_regression, loss),
+        lambda tx, schedule: make_task_step(cfg, tx, schedule, kind_of(task).losses, task.is_regression, loss),
         lambda rows: train_iterator(train, stage.batch_size, config.seed, rows, buckets), evaluate=best,
         batch_shapes=batch_shapes(train, stage.batch_size, buckets))
     return best, result.record
@@ -106,7 +107,7 @@ def length_on(stage: ml_collections.ConfigDict, section: str, train: Arrays,
     return engine.stage_length(stage, section, count(train), batches_per_epoch(train, stage.batch_size, buckets))
 
 
-def export_classifier(best: BestOnDev, task: glue.GlueTask, out_dir: Path, tokenizer_dir: Path) -> None:
+def export_classifier(best: BestOnDev, task: Task, out_dir: Path, tokenizer_dir: Path) -> None:
     if distributed.is_leader():
         cfg, params = best.best_params()
         convert.save_hf_bert(cfg, params, out_dir, tokenizer_dir=tokenizer_dir, id2label=label_names(task),

@@ -11,9 +11,9 @@ import numpy as np
 from absl import logging
 
 from tinybert_jax import convert, distributed, sharding
-from tinybert_jax.data.glue import GlueTask
+from tinybert_jax.task.spec import Task
 from tinybert_jax.models.bert import BertConfig
-from tinybert_jax.task.data import Arrays, DevSet, count, eval_batches
+from tinybert_jax.task.arrays import Arrays, DevSet, count, eval_batches
 from tinybert_jax.task.steps import classifier_logits
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -51,7 +51,7 @@ def evaluate(cfg: BertConfig, params: Any, dev_sets: dict[str, DevSet], batch_si
             for split, dev in dev_sets.items()}
 
 
-def main_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
+def main_score(task: Task, scores: dict[str, dict[str, float]]) -> float:
     """The model-selection score: the task's main metric on its first dev split (MNLI: matched)."""
     return scores[task.dev_splits[0]][task.main_metric]
 
@@ -62,7 +62,7 @@ class BestOnDev:
     from the recorded best score. With `patience_steps` > 0 the run has plateaued once that many steps have passed
     since the best evaluation (early stopping)."""
 
-    def __init__(self, task: GlueTask, cfg: BertConfig, dev_sets: dict[str, DevSet], batch_size: int,
+    def __init__(self, task: Task, cfg: BertConfig, dev_sets: dict[str, DevSet], batch_size: int,
                  directory: Path, params_key: str = "model", patience_steps: int = 0):
         self.task, self.cfg, self.dev_sets, self.batch_size = task, cfg, dev_sets, batch_size
         self.directory, self.params_key, self.patience_steps = Path(directory), params_key, patience_steps

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tinybert_jax.data.glue import GlueTask
+from tinybert_jax.task.spec import Task
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -77,7 +77,7 @@ _REGRESSION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pearson": pearson, "spearman": spearman, "pearson_spearman_mean": pearson_spearman_mean}
 
 
-def task_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def task_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """{metric: value} for `task.metrics`, from logits [N, num_labels] (classification: argmax) or scores [N] or
     [N, 1] (regression) and the canonical labels [N]."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
@@ -97,7 +97,7 @@ def task_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) ->
     return {name: functions[name](predictions, labels) for name in task.metrics}
 
 
-def chance_score(task: GlueTask, labels: np.ndarray) -> float:
+def chance_score(task: Task, labels: np.ndarray) -> float:
     """The best main-metric score of a model that ignores its input: the best constant class (accuracy: the
     majority class's share, at least 1/num_labels; F1: everything positive; Matthews: 0), or 0 correlation."""
     if task.is_regression:

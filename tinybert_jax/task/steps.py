@@ -34,21 +34,26 @@ def span_logits(logits: jax.Array, attention_mask: jax.Array) -> jax.Array:
     return jnp.where(attention_mask[:, None, :] > 0, jnp.swapaxes(logits, 1, 2), MASK_BIAS)
 
 
-def supervised_loss(cfg: BertConfig, logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
-    """Cross-entropy to the gold labels: per example, per labelled token (labels >= 0: a word's first
-    WordPiece), or per answer start and end position; squared error for regression."""
-    if cfg.task_head == "span":
-        positions = jnp.stack([batch["start_positions"], batch["end_positions"]], axis=1)  # [B, 2]
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-            span_logits(logits, batch["attention_mask"]), positions))
-    if cfg.task_head == "token":
-        labels = batch["labels"]
-        valid = labels >= 0
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
-        return jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+def sequence_supervised_loss(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
+    """Cross-entropy to the gold label of each example; squared error for regression."""
     if regression:
         return jnp.mean(jnp.square(logits[:, 0] - batch["labels"].astype(jnp.float32)))
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]))
+
+
+def token_supervised_loss(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
+    """Cross-entropy per labelled token (labels >= 0: a word's first WordPiece), averaged over them."""
+    labels = batch["labels"]
+    valid = labels >= 0
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+    return jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def span_supervised_loss(logits: jax.Array, batch: dict, regression: bool) -> jax.Array:
+    """Cross-entropy to the answer's start and end position over the real tokens, averaged."""
+    positions = jnp.stack([batch["start_positions"], batch["end_positions"]], axis=1)  # [B, 2]
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        span_logits(logits, batch["attention_mask"]), positions))
 
 
 def distribution_cross_entropy(logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
@@ -86,38 +91,58 @@ class PredictionLoss:
         return loss
 
 
-def soft_loss(cfg: BertConfig, logits: jax.Array, batch: dict, loss: PredictionLoss, regression: bool) -> jax.Array:
-    """Stage 2's term against batch['teacher_logits'] (docs/losses.md). Sequence head: the soft cross-entropy per
-    example, scaled by LOSS_SCALES, averaged (for regression the MSE to the teacher's prediction; the original
-    used gold labels there, a confirmed bug). Token head: the same per real token, averaged over real tokens. Span
-    head: for the start and the end distribution over the real tokens, averaged."""
+def sequence_soft_loss(logits: jax.Array, batch: dict, loss: PredictionLoss, regression: bool) -> jax.Array:
+    """The soft cross-entropy to batch['teacher_logits'] per example, scaled by LOSS_SCALES, averaged (for
+    regression the MSE to the teacher's prediction; the original used gold labels there, a confirmed bug)."""
     teacher, t = batch["teacher_logits"], loss.temperature
     if regression:
         return jnp.mean(jnp.square(logits[:, 0] - teacher[:, 0]))
-    if cfg.task_head == "span":
-        mask = batch["attention_mask"]
-        scale = LOSS_SCALES[loss.loss_scale](logits.shape[1], t)  # the classes of a span distribution: positions
-        return scale * jnp.mean(distribution_cross_entropy(span_logits(logits, mask), span_logits(teacher, mask), t))
-    per_distribution = LOSS_SCALES[loss.loss_scale](logits.shape[-1], t) * distribution_cross_entropy(
-        logits, teacher, t)
-    if cfg.task_head == "token":
-        real = batch["attention_mask"] > 0
-        return jnp.sum(jnp.where(real, per_distribution, 0.0)) / jnp.maximum(jnp.sum(real), 1)
-    return jnp.mean(per_distribution)
+    return jnp.mean(LOSS_SCALES[loss.loss_scale](logits.shape[-1], t) * distribution_cross_entropy(logits, teacher, t))
 
 
-def prediction_distill_loss(cfg: BertConfig, logits: jax.Array, batch: dict, loss: PredictionLoss,
+def token_soft_loss(logits: jax.Array, batch: dict, loss: PredictionLoss, regression: bool) -> jax.Array:
+    """The sequence term per real token, averaged over real tokens."""
+    t = loss.temperature
+    per_token = LOSS_SCALES[loss.loss_scale](logits.shape[-1], t) * distribution_cross_entropy(
+        logits, batch["teacher_logits"], t)
+    real = batch["attention_mask"] > 0
+    return jnp.sum(jnp.where(real, per_token, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+
+
+def span_soft_loss(logits: jax.Array, batch: dict, loss: PredictionLoss, regression: bool) -> jax.Array:
+    """The soft cross-entropy of the start and of the end distribution over the real tokens, averaged; the
+    classes of a span distribution are the positions."""
+    mask, t = batch["attention_mask"], loss.temperature
+    scale = LOSS_SCALES[loss.loss_scale](logits.shape[1], t)
+    return scale * jnp.mean(distribution_cross_entropy(span_logits(logits, mask),
+                                                       span_logits(batch["teacher_logits"], mask), t))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadLosses:
+    """A task kind's two losses on its head's logits (docs/losses.md, "Task stage 2")."""
+    supervised: Callable[[jax.Array, dict, bool], jax.Array]  # (logits, batch, regression): gold labels
+    soft: Callable[[jax.Array, dict, PredictionLoss, bool], jax.Array]  # the same and the stage-2 settings
+
+
+SEQUENCE_LOSSES = HeadLosses(sequence_supervised_loss, sequence_soft_loss)
+TOKEN_LOSSES = HeadLosses(token_supervised_loss, token_soft_loss)
+SPAN_LOSSES = HeadLosses(span_supervised_loss, span_soft_loss)
+
+
+def prediction_distill_loss(losses: HeadLosses, logits: jax.Array, batch: dict, loss: PredictionLoss,
                             regression: bool) -> jax.Array:
     """alpha * the soft term + (1 - alpha) * the gold-label loss of fine-tuning (the latter only when alpha < 1,
     so data without gold labels distils with the default alpha = 1)."""
-    soft = soft_loss(cfg, logits, batch, loss, regression)
+    soft = losses.soft(logits, batch, loss, regression)
     if loss.alpha == 1.0:
         return soft
-    return loss.alpha * soft + (1.0 - loss.alpha) * supervised_loss(cfg, logits, batch, regression)
+    return loss.alpha * soft + (1.0 - loss.alpha) * losses.supervised(logits, batch, regression)
 
 
-def make_task_step(cfg: BertConfig, tx: optax.GradientTransformation, schedule: Callable, regression: bool,
-                   distill: PredictionLoss | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_task_step(cfg: BertConfig, tx: optax.GradientTransformation, schedule: Callable, losses: HeadLosses,
+                   regression: bool, distill: PredictionLoss | None = None
+                   ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Gold-label fine-tuning when `distill` is None, else distillation from batch['teacher_logits']."""
     logits_fn = classifier_logits(cfg)
 
@@ -127,8 +152,8 @@ def make_task_step(cfg: BertConfig, tx: optax.GradientTransformation, schedule: 
         def loss_fn(params):
             logits = logits_fn(params["model"], batch, deterministic=False, rng=dropout_rng)
             if distill is None:
-                return supervised_loss(cfg, logits, batch, regression)
-            return prediction_distill_loss(cfg, logits, batch, distill, regression)
+                return losses.supervised(logits, batch, regression)
+            return prediction_distill_loss(losses, logits, batch, distill, regression)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         return apply_gradients(state, rng, grads, {"loss": loss}, tx, schedule)

@@ -10,14 +10,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
     """{"f1", "precision", "recall", "accuracy"} of predicted tag sequences against gold ones, sentence by
     sentence; precision (recall) is 0.0 when nothing is predicted (in the gold)."""
-    # here, not at the top: the accelerator benchmark imports this module (through task.data) on hosts without seqeval
-    from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
-
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold sentences but {len(predicted)} predicted")
     for i, (gold_tags, predicted_tags) in enumerate(zip(gold, predicted)):

@@ -12,19 +12,13 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
-from tinybert_jax.data import conll, glue, squad, tasks
 from tinybert_jax.data.loader import bucketed_batches, global_batches
 from tinybert_jax.errors import InputError
-from tinybert_jax.task import glue_metrics, span_metrics, tag_metrics
 
-if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this module on hosts without them
+if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this module on hosts without it
     import grain
-    import ml_collections
 
 Arrays = dict[str, np.ndarray]  # input_ids, token_type_ids, attention_mask [N, T], labels [N], ...
-SINGLE_SENTENCE_SEQ_LEN, PAIR_SEQ_LEN = 64, 128
-# Defaults of the token and span tasks (docs/data.md): CoNLL sentences, and SQuAD windows as BERT's SQuAD runs.
-TOKEN_SEQ_LEN, SPAN_SEQ_LEN = 128, 384
 # arrays whose axis 1 is the token axis when they have this many axes (per-token labels and teacher logits of
 # the token and span heads; a sequence task's labels [N] and logits [N, C] have none)
 TOKEN_AXIS = {"input_ids": 2, "token_type_ids": 2, "attention_mask": 2, "labels": 2, "teacher_logits": 3,
@@ -152,60 +146,3 @@ class DevSet:
     metrics: Callable[[np.ndarray], dict[str, float]]  # logits in the task's label order -> {metric: value}
     chance: float  # the main metric of a model that ignores its input
     buckets: Optional[tuple[int, ...]] = None  # the padded lengths its forwards run at
-
-
-def seq_len_for(task: glue.GlueTask, configured: int) -> int:
-    """data.seq_len, or when 0 TinyBERT's task lengths (docs/data.md): 64 for single sentences, 128 for pairs;
-    128 for CoNLL sentences and 384 for SQuAD windows."""
-    if configured:
-        return configured
-    if task.head != "sequence":
-        return TOKEN_SEQ_LEN if task.head == "token" else SPAN_SEQ_LEN
-    return SINGLE_SENTENCE_SEQ_LEN if len(task.text_columns) == 1 else PAIR_SEQ_LEN
-
-
-def encode_train(task: glue.GlueTask, examples, tokenizer, seq_len: int, data: ml_collections.ConfigDict) -> Arrays:
-    """The training arrays: inputs and the targets the task head trains on (labels; SQuAD start_positions and
-    end_positions, one row per context window)."""
-    if task.head == "span":
-        return squad.encode(examples, tokenizer, seq_len, data.doc_stride, data.max_query_len, train=True)
-    if task.head == "token":
-        arrays = conll.encode(examples, tokenizer, seq_len)
-        return {name: values for name, values in arrays.items() if name != "word_positions"}
-    return glue.encode(examples, tokenizer, seq_len)
-
-
-def load_dev_sets(task: glue.GlueTask, data: ml_collections.ConfigDict, tokenizer, seq_len: int) -> dict[str, DevSet]:
-    """Every dev split of the task (MNLI: matched and mismatched), encoded, with its metric and buckets."""
-    buckets = bucket_lengths(data.buckets, seq_len)
-    return {split: dataclasses.replace(dev_set(task, tasks.read_split(task, data, split), tokenizer, seq_len, data),
-                                       buckets=buckets) for split in task.dev_splits}
-
-
-def dev_set(task: glue.GlueTask, examples, tokenizer, seq_len: int, data: ml_collections.ConfigDict) -> DevSet:
-    if task.head == "span":  # answers from the best start/end pair over all windows of a question
-        arrays = squad.encode(examples, tokenizer, seq_len, data.doc_stride, data.max_query_len, train=False)
-        golds = [[text for text, _ in answers] for answers in examples.answers]
-
-        def span_scores(logits: np.ndarray) -> dict[str, float]:
-            answers, null_margin = span_metrics.best_spans(logits[..., 0], logits[..., 1], arrays["offsets"],
-                                                           arrays["example_index"], examples.contexts)
-            return span_metrics.squad_scores(answers, null_margin, golds, with_no_answer=task.name == "squad_v2")
-
-        # v2.0: answering nothing everywhere scores the share of unanswerable questions
-        no_answer_share = float(np.mean([not gold for gold in golds])) if task.name == "squad_v2" else 0.0
-        return DevSet(arrays, span_scores, chance=no_answer_share)
-    if task.head == "token":  # entity F1 over every word; words cut off by seq_len count as predicted O
-        arrays = conll.encode(examples, tokenizer, seq_len)
-        gold = [[task.labels[tag] for tag in tags] for tags in examples.tags]
-
-        def tag_scores(logits: np.ndarray) -> dict[str, float]:
-            predicted = tag_metrics.word_predictions(logits, arrays["word_positions"], [len(w) for w in gold],
-                                                     task.labels)
-            return tag_metrics.entity_scores(gold, predicted)
-
-        return DevSet(arrays, tag_scores, chance=0.0)
-    arrays = glue.encode(examples, tokenizer, seq_len)
-    labels = arrays["labels"]
-    return DevSet(arrays, lambda logits: glue_metrics.task_metrics(task, logits, labels),
-                  chance=glue_metrics.chance_score(task, labels))
