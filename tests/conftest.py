@@ -30,6 +30,13 @@ import pytest
 import torch
 import transformers
 
+from tinybert_jax.threefry import lower_threefry_unrolled_on_cpu
+
+# Every test process (xdist workers included) before it compiles anything, as the entry points do: dropout masks on
+# CPU as one fused kernel, bit-identical to JAX's own lowering (tinybert_jax/threefry.py). Subprocesses the tests
+# start get it from the entry point they run.
+lower_threefry_unrolled_on_cpu()
+
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64)
 

@@ -88,6 +88,11 @@ def reference_losses(root: Path) -> dict[str, dict[str, list[float]]]:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
+    from tinybert_jax.threefry import lower_threefry_unrolled_on_cpu
+
+    # Before anything is compiled, as under pytest (conftest) and the entry point: dropout masks on CPU as one fused
+    # kernel, bit-identical to JAX's own lowering (tinybert_jax/threefry.py).
+    lower_threefry_unrolled_on_cpu()
     with tempfile.TemporaryDirectory() as tmp:
         RECORD.write_text(json.dumps(reference_losses(Path(tmp)), indent=1) + "\n")
     print(f"recorded {RECORD}")

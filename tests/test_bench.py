@@ -20,7 +20,8 @@ from test_task import FILLER, VOCAB, save_model
 from tinybert_jax.bench import cpu_isa
 from tinybert_jax.bench.__main__ import main as bench_main
 from tinybert_jax.bench.breakdown import PHASES, dropout_shapes
-from tinybert_jax.bench.machine import cpu_description, cpu_flags
+from tinybert_jax.bench.machine import cpu_description
+from tinybert_jax.bench.proc_cpuinfo import cpu_flags
 from tinybert_jax.models.bert import Bert, BertConfig, init_params
 
 # Installed here but not on the accelerator hosts (README, "Performance"): the accelerator benchmark runs without them.

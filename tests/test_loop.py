@@ -7,6 +7,7 @@ import numpy as np
 
 from tinybert_jax import sharding
 from tinybert_jax.train import loop
+from tinybert_jax.train.job import Job
 
 
 class Metric:
@@ -50,6 +51,12 @@ class NoCheckpoints:
         pass
 
 
+def loop_job(directory, **fields) -> Job:
+    """A run of one example per device per step, in `directory`, with no optimizer (the steps here have none)."""
+    return Job(**{"desc": "t", "directory": directory, "batch_size": jax.device_count(), "optimizer": None,
+                  "meta": {}, "checkpoint_every_steps": 0, **fields})
+
+
 def test_the_bar_counts_completed_steps_with_one_step_in_flight(tmp_path, monkeypatch):
     events = []
     monkeypatch.setattr(loop, "progress_bar", lambda total, initial, desc: Bar(events))
@@ -61,8 +68,8 @@ def test_the_bar_counts_completed_steps_with_one_step_in_flight(tmp_path, monkey
         events.append(("dispatch", state.step))
         return state, {"loss": Metric(events, state.step)}
 
-    settings = loop.LoopSettings(num_steps=7, global_batch_size=jax.device_count(), log_every_steps=3, desc="t")
-    loop.run_loop(step_fn, types.SimpleNamespace(step=0), batches, mesh, NoCheckpoints(), {}, tmp_path, settings)
+    job = loop_job(tmp_path, num_steps=7, log_every_steps=3)
+    loop.run_loop(step_fn, types.SimpleNamespace(step=0), batches, mesh, NoCheckpoints(), job)
 
     completed = 0
     for index, (kind, value) in enumerate(events):
@@ -108,20 +115,19 @@ def counting_step(state, batch):
 def test_early_stopping_ends_the_run_with_a_checkpoint_and_a_resumed_run_stays_stopped(tmp_path):
     mesh = sharding.make_mesh(-1, 1)
     batches = iter(lambda: {"x": np.zeros(jax.device_count(), np.float32)}, None)
-    settings = loop.LoopSettings(num_steps=100, global_batch_size=jax.device_count(), log_every_steps=5, desc="t",
-                                 eval_every_steps=10)
+    job = loop_job(tmp_path, num_steps=100, log_every_steps=5, eval_every_steps=10)
     evaluator, checkpoints = Plateau(peak=30, patience=20), SavedSteps()
-    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=0), batches, mesh, checkpoints, {},
-                                  tmp_path, settings, evaluator)
+    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=0), batches, mesh, checkpoints, job,
+                                  evaluator)
     assert state.step == 50 and record.stopped_at == 50 and evaluator.calls == [10, 20, 30, 40, 50]
     assert checkpoints.saved == [(50, True)]
     assert "stopped early at step 50" in record.summary_rows()[0][1]
     # resumed from that checkpoint: no further step, the same decision
-    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=50), batches, mesh, SavedSteps(), {},
-                                  tmp_path, settings, evaluator)
+    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=50), batches, mesh, SavedSteps(), job,
+                                  evaluator)
     assert state.step == 50 and record.stopped_at == 50 and evaluator.calls[-1] == 50
     # never plateauing: to the end, evaluated at the last step
     evaluator = Plateau(peak=1000, patience=20)
-    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=0), batches, mesh, SavedSteps(), {},
-                                  tmp_path, settings, evaluator)
+    state, record = loop.run_loop(counting_step, types.SimpleNamespace(step=0), batches, mesh, SavedSteps(), job,
+                                  evaluator)
     assert state.step == 100 and record.stopped_at is None and evaluator.calls[-1] == 100

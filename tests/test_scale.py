@@ -102,7 +102,9 @@ SHARDING_CHECK = textwrap.dedent("""
     from tinybert_jax.train.optimizer import make_optimizer
     from tinybert_jax.train.engine import create_state
     from configs import general
+    from tinybert_jax.threefry import lower_threefry_unrolled_on_cpu
 
+    lower_threefry_unrolled_on_cpu()  # as every training process: the random initialisation compiles as there
     config = general.get_config()
     data, fsdp = int(sys.argv[2]), int(sys.argv[3])
     mesh, rules = sharding.make_mesh(data, fsdp), config.mesh.rules

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
-from tinybert_jax.threefry import threefry2x32  # importing the package installs the lowering
+from tinybert_jax.threefry import threefry2x32  # conftest installs the lowering in this process
 
 # Known answers of Threefry-2x32 with 20 rounds (key, counter, output), as published with the algorithm.
 KNOWN_ANSWERS = [((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
@@ -30,10 +30,15 @@ def test_the_hash_gives_the_published_answers_when_jitted_on_cpu():
 
 def test_random_bits_equal_those_of_jax_own_lowering():
     ours = np.asarray(jax.jit(lambda: eval(MASK_BITS))())
-    # a fresh interpreter that never imports tinybert_jax compiles with JAX's rolled-loop lowering
-    theirs = subprocess.run([sys.executable, "-c", f"import jax, numpy; print(numpy.asarray({MASK_BITS}).tolist())"],
-                            capture_output=True, text=True, check=True)
-    assert ours.tolist() == json.loads(theirs.stdout)
+    # A fresh interpreter that imports the package and its entry point without calling main: importing installs
+    # nothing, so it compiles with JAX's rolled-loop lowering.
+    code = ("import jax, numpy, tinybert_jax.main, tinybert_jax.threefry; "
+            f"print(numpy.asarray({MASK_BITS}).tolist()); "
+            f"print(' while(' in jax.jit(lambda: {MASK_BITS}).lower().compile().as_text())")
+    theirs = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    bits, rolled = theirs.stdout.splitlines()
+    assert rolled == "True"
+    assert ours.tolist() == json.loads(bits)
 
 
 def test_dropout_masks_compile_without_a_loop():

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from tinybert_jax import distributed, workdir
 from tinybert_jax.errors import InputError
+from tinybert_jax.threefry import lower_threefry_unrolled_on_cpu
 from tinybert_jax.train.preemption import Preempted
 
 # pipeline name -> module whose run(config, workdir) carries it out; imported lazily to keep start-up light.
@@ -55,6 +56,9 @@ def _only_our_info(record) -> bool:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Before anything is compiled: dropout masks (and random initialisation) on CPU as one fused kernel, bit-identical
+    # to JAX's own lowering (tinybert_jax/threefry.py).
+    lower_threefry_unrolled_on_cpu()
     absl_logging.get_absl_handler().addFilter(_only_our_info)
     config = _CONFIG.value
     module_name = PIPELINES.get(config.get("pipeline"))

@@ -5,6 +5,11 @@ across loop iterations, so each dropout mask then costs five passes over memory 
 student's masks took 45 ms of a 1.4 s distillation step (BERT-base -> TinyBERT4, batch 8 x 128, 2-core EPYC).
 Written out, the 20 rounds fuse into one kernel that keeps the state in registers: 6 ms. The algorithm is the same
 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011), so every seeded result is bit-identical.
+
+Importing this module (or the package) changes nothing: each process that compiles dropout or random
+initialisation installs the lowering itself with `lower_threefry_unrolled_on_cpu()`, before it compiles anything
+(code compiled earlier keeps JAX's loop). The entry points (tinybert_jax/main.py, tinybert_jax/bench/__main__.py,
+bench/memory.py, bench/accelerator.py) and tests/conftest.py do.
 """
 from __future__ import annotations
 
@@ -35,6 +40,13 @@ def threefry2x32(key1, key2, count1, count2):
     return x1, x2
 
 
+_installed = False
+
+
 def lower_threefry_unrolled_on_cpu() -> None:
-    """From now on, jitted code on CPU computes the hash as `threefry2x32` above, unrolled."""
-    mlir.register_lowering(threefry2x32_p, mlir.lower_fun(threefry2x32, multiple_results=True), platform="cpu")
+    """From now on, jitted code on CPU in this process computes the hash as `threefry2x32` above, unrolled.
+    Idempotent: a second call (an entry point called in a process that already installed it) changes nothing."""
+    global _installed
+    if not _installed:
+        mlir.register_lowering(threefry2x32_p, mlir.lower_fun(threefry2x32, multiple_results=True), platform="cpu")
+        _installed = True

@@ -30,6 +30,7 @@ from tinybert_jax.bench.step import bench_step
 from tinybert_jax.bench.task import bench_stage1
 from tinybert_jax.bench.timing import time_calls
 from tinybert_jax.models.bert import BertConfig
+from tinybert_jax.threefry import lower_threefry_unrolled_on_cpu
 
 # dense bf16 peak FLOP/s per chip, by the start of jax's device_kind
 PEAK_BF16 = {"NVIDIA H200": 989e12, "NVIDIA H100": 989e12, "NVIDIA A100": 312e12, "NVIDIA L4": 121e12,
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the JSON file to write")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # Before anything is compiled: dropout masks (and random initialisation) on CPU as one fused kernel, bit-identical
+    # to JAX's own lowering (tinybert_jax/threefry.py); without an accelerator the steps run on the CPU.
+    lower_threefry_unrolled_on_cpu()
     results = run(args.out)
     step = results["step"]
     print(f"{results['device']}: step {step['examples_per_s']:.1f} examples/s at batch "

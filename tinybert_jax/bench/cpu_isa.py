@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinybert_jax.bench.proc_cpuinfo import cpu_flags
 from tinybert_jax.errors import InputError
 
 ENV_MARK = "TINYBERT_JAX_BENCH_ISA"
@@ -66,8 +67,6 @@ def restrict_jaxlib() -> None:
     if emulated() != "avx2":
         return
     import jaxlib
-
-    from tinybert_jax.bench.machine import cpu_flags  # machine imports this module
 
     library = Path(jaxlib.__file__).parent / "libjax_common.so"
     if not library.is_file():

@@ -4,53 +4,30 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
 import jax
 
 from tinybert_jax.bench.cpu_isa import emulated
+from tinybert_jax.bench.proc_cpuinfo import feature_flags, first_fields, this_cpuinfo
 
 # the vector and matrix extensions that decide XLA:CPU's speed, in the order they appeared
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
              "amx_int8", "asimd", "sve", "sve2")
 
 
-def _first_fields(cpuinfo: str) -> dict[str, str]:
-    """The first processor's `key: value` lines of /proc/cpuinfo text."""
-    fields = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return fields
-
-
-def _flags(fields: dict[str, str]) -> set[str]:
-    return set((fields.get("flags") or fields.get("Features") or "").split())
-
-
-def _this_cpuinfo() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.read_text() if cpuinfo.is_file() else ""
-
-
-def cpu_flags() -> set[str]:
-    """Every feature flag this machine's CPU reports (empty without /proc/cpuinfo)."""
-    return _flags(_first_fields(_this_cpuinfo()))
-
-
 def cpu_description(cpuinfo: str) -> tuple[str, list[str]]:
     """(model, ISA extensions present) from /proc/cpuinfo text: the model name, with family and model number
     when the name alone does not tell the generation (virtual machines often report just "AMD EPYC")."""
-    fields = _first_fields(cpuinfo)
+    fields = first_fields(cpuinfo)
     name = fields.get("model name") or fields.get("Model name") or platform.processor() or "unknown CPU"
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']} model {fields['model']})"
-    flags = _flags(fields)
+    flags = feature_flags(fields)
     return name, [flag for flag in ISA_FLAGS if flag in flags]
 
 
 def machine_info() -> dict:
-    model, isa = cpu_description(_this_cpuinfo())
+    model, isa = cpu_description(this_cpuinfo())
     devices = jax.devices()
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu_model": model, "isa": isa,
             "device": devices[0].device_kind if devices else "none", "devices": [str(d) for d in devices],

@@ -17,6 +17,7 @@ import sys
 
 from tinybert_jax.bench import cpu_isa
 from tinybert_jax.models.bert import BertConfig
+from tinybert_jax.threefry import lower_threefry_unrolled_on_cpu
 
 SIDES = ("jax", "pytorch")
 
@@ -74,6 +75,9 @@ def _run_pytorch(teacher: BertConfig, student: BertConfig, batch: int, seq_len: 
 def main(argv: list[str]) -> None:
     side, teacher, student, batch, seq_len, steps, teacher_dtype = argv
     cpu_isa.restrict_jaxlib()  # a child of `bench --isa=avx2` measures the same code path
+    # Before anything is compiled: the step's dropout masks on CPU as one fused kernel, as the training runs and the
+    # step benchmark compile them (tinybert_jax/threefry.py).
+    lower_threefry_unrolled_on_cpu()
     if side == "pytorch":  # imported before measuring, as jax is by this module's imports
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         for library in ("torch", "transformers"):

@@ -21,7 +21,8 @@ from absl import logging
 from tinybert_jax import sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.errors import InputError
-from tinybert_jax.train.loop import Evaluator, LoopRecord, LoopSettings, run_loop
+from tinybert_jax.train.job import Job
+from tinybert_jax.train.loop import Evaluator, LoopRecord, run_loop
 from tinybert_jax.train.optimizer import OptimizerSettings, make_optimizer
 from tinybert_jax.train.state import TrainState
 
@@ -30,25 +31,6 @@ if TYPE_CHECKING:  # annotations only; the accelerator benchmark imports this mo
 
 # (tx, schedule) -> step(state, [frozen,] batch) -> (state, metrics); pure, so the engine can jit and donate it.
 StepFactory = Callable[[optax.GradientTransformation, Callable], Callable[..., tuple[TrainState, dict]]]
-
-
-@dataclasses.dataclass
-class Job:
-    """One training run of a pipeline (a pipeline may run several: the demo's teacher, task stages 1 and 2)."""
-
-    desc: str  # names the run on the progress bar, in the summary and in errors
-    directory: Path  # checkpoints/ and metrics.jsonl (+ TensorBoard events) go here
-    num_steps: int
-    batch_size: int  # global, over all devices and hosts
-    optimizer: OptimizerSettings
-    meta: dict  # what a checkpoint here must agree on to be resumed (another run's workdir is refused)
-    checkpoint_every_steps: int
-    # host parameter trees by top-level key of the trainable params, replacing their random initialisation
-    # (a module a tree lacks, e.g. a new classifier, keeps it); unused when a checkpoint is resumed
-    initial: dict = dataclasses.field(default_factory=dict)
-    eval_every_steps: int = 0  # > 0 (with `evaluate`): dev evaluation then and at the end
-    section: str = "train"  # the config section of batch_size and num_steps, named in errors
-    plan: str = ""  # why it runs num_steps steps (engine.stage_length), for the summary
 
 
 @dataclasses.dataclass
@@ -68,9 +50,10 @@ class Result:
 
 def job_for(config: ml_collections.ConfigDict, desc: str, directory: Path, num_steps: int, batch_size: int,
             optimizer: OptimizerSettings, meta: dict, **settings: Any) -> Job:
-    """A Job with the experiment's checkpoint interval (settings override any field)."""
+    """A Job with the experiment's checkpoint and logging intervals (settings override any field)."""
     return Job(desc, Path(directory), num_steps, batch_size, optimizer, meta,
-               **{"checkpoint_every_steps": config.checkpoint.every_steps, **settings})
+               **{"checkpoint_every_steps": config.checkpoint.every_steps,
+                  "log_every_steps": config.log.every_steps, **settings})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +108,7 @@ def train(config: ml_collections.ConfigDict, job: Job, init_params: Callable[[ja
 
     init_params(rng) returns the trainable parameters (boxed with logical axis names); make_iterator(rows) the
     endless, checkpointable (get_state/set_state) iterator of this process's `rows` of every global batch;
-    evaluate(state, step) dev metrics (see LoopSettings). batch_shapes ({name: (global shape, dtype)} per batch
+    evaluate(state, step) dev metrics (see loop.run_loop). batch_shapes ({name: (global shape, dtype)} per batch
     shape the data can have, e.g. one per length bucket): every shape is compiled before the first step, and the
     summary reports how long that took; without them the step compiles on its first call.
     """
@@ -155,11 +138,8 @@ def train(config: ml_collections.ConfigDict, job: Job, init_params: Callable[[ja
                                                 batch_shapes=batch_shapes, **shardings)
         compile_s = time.perf_counter() - started
         logging.info("%s: compiled %d batch shape(s) in %.1f s", job.desc, len(batch_shapes), compile_s)
-    state, record = run_loop(lambda s, batch: step(s, *extra, batch), state, data_iterator, mesh, checkpoints,
-                             job.meta, job.directory,
-                             LoopSettings(job.num_steps, job.batch_size, config.log.every_steps, job.desc,
-                                          job.eval_every_steps), evaluate)
-    record.plan = job.plan
+    state, record = run_loop(lambda s, batch: step(s, *extra, batch), state, data_iterator, mesh, checkpoints, job,
+                             evaluate)
     if batch_shapes is not None:
         record.compiled = (len(batch_shapes), compile_s)
     return Result(state, record)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol
 
 import jax
@@ -13,18 +12,10 @@ import numpy as np
 from tinybert_jax import distributed, sharding
 from tinybert_jax.checkpoint import RunCheckpoints
 from tinybert_jax.errors import TrainingDiverged
+from tinybert_jax.train.job import Job
 from tinybert_jax.train.metrics import MetricsWriter, progress_bar
 from tinybert_jax.train.preemption import Preempted, StopRequests
 from tinybert_jax.train.state import TrainState
-
-
-@dataclasses.dataclass
-class LoopSettings:
-    num_steps: int
-    global_batch_size: int
-    log_every_steps: int
-    desc: str
-    eval_every_steps: int = 0  # > 0: call `evaluate` then and at the end
 
 
 class Evaluator(Protocol):
@@ -67,40 +58,39 @@ class LoopRecord:
 
 
 def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
-             data_iterator: Iterator[dict], mesh: jax.sharding.Mesh, checkpoints: RunCheckpoints, meta: dict,
-             workdir: Path, settings: LoopSettings, evaluate: Optional[Evaluator] = None
-             ) -> tuple[TrainState, LoopRecord]:
-    """Runs from the state's step to settings.num_steps; logs every log_every_steps and at the end. A SIGTERM or
-    SIGINT ends the step in progress, checkpoints it and raises Preempted. A step whose metrics (loss, terms,
-    gradient norm) are not finite raises TrainingDiverged.
+             data_iterator: Iterator[dict], mesh: jax.sharding.Mesh, checkpoints: RunCheckpoints, job: Job,
+             evaluate: Optional[Evaluator] = None) -> tuple[TrainState, LoopRecord]:
+    """Runs `job` from the state's step to job.num_steps; logs (to job.directory) every job.log_every_steps and
+    at the end; checkpoints carry job.meta. A SIGTERM or SIGINT ends the step in progress, checkpoints it and
+    raises Preempted. A step whose metrics (loss, terms, gradient norm) are not finite raises TrainingDiverged.
 
-    `evaluate(state, step)` (dev-set metrics, logged with a "dev/" prefix) runs every eval_every_steps and at the
-    end, before that step's checkpoint. When `evaluate.plateaued(step)` after an evaluation, the run checkpoints
+    `evaluate(state, step)` (dev-set metrics, logged with a "dev/" prefix) runs every job.eval_every_steps and at
+    the end, before that step's checkpoint. When `evaluate.plateaued(step)` after an evaluation, the run checkpoints
     and ends there (early stopping); a run resumed from that checkpoint ends at once, so the decision holds.
     """
     start = int(jax.device_get(state.step))
-    record = LoopRecord(settings.desc, settings.num_steps, start)
-    if evaluate is not None and 0 < start < settings.num_steps and evaluate.plateaued(start):
+    record = LoopRecord(job.desc, job.num_steps, start, plan=job.plan)
+    if evaluate is not None and 0 < start < job.num_steps and evaluate.plateaued(start):
         record.stopped_at = start
         checkpoints.close()
         return state, record
     rate_since = None  # (step, time) at the end of the first logged interval
-    writer = MetricsWriter(workdir, enabled=distributed.is_leader())
-    bar = progress_bar(settings.num_steps, start, settings.desc)
+    writer = MetricsWriter(job.directory, enabled=distributed.is_leader())
+    bar = progress_bar(job.num_steps, start, job.desc)
     last_log_step, last_log_time = start, time.perf_counter()
     unchecked = None  # (step, device metrics) of the previous step when nothing has read them yet
     with StopRequests() as stop_requests:
         try:
-            for step in range(start + 1, settings.num_steps + 1):
+            for step in range(start + 1, job.num_steps + 1):
                 state, metrics = step_fn(state, sharding.global_batch(next(data_iterator), mesh))
                 if unchecked is not None:  # read one step late: the device runs this step meanwhile
                     check_finite(*unchecked, checkpoints)
                     bar.update(1)  # the bar counts steps whose results were read: completed, not dispatched
-                final = step == settings.num_steps
+                final = step == job.num_steps
                 stopping = not final and stop_requests.reached(step)
-                logging_now = step % settings.log_every_steps == 0 or final or stopping
-                evaluating = evaluate is not None and (final or (settings.eval_every_steps and
-                                                                 step % settings.eval_every_steps == 0))
+                logging_now = step % job.log_every_steps == 0 or final or stopping
+                evaluating = evaluate is not None and (final or (job.eval_every_steps and
+                                                                 step % job.eval_every_steps == 0))
                 saving = final or stopping or checkpoints.should_save(step)
                 unchecked = (step, metrics)
                 if logging_now or evaluating or saving:
@@ -110,15 +100,13 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
                     bar.update(1)
                 if logging_now:
                     now = time.perf_counter()
-                    values["examples_per_s"] = ((step - last_log_step) * settings.global_batch_size /
-                                                (now - last_log_time))
+                    values["examples_per_s"] = (step - last_log_step) * job.batch_size / (now - last_log_time)
                     record.first = record.first or values
                     record.last = values
                     if rate_since is None:
                         rate_since, record.examples_per_s = (step, now), values["examples_per_s"]
                     elif step > rate_since[0]:
-                        record.examples_per_s = ((step - rate_since[0]) * settings.global_batch_size /
-                                                 (now - rate_since[1]))
+                        record.examples_per_s = (step - rate_since[0]) * job.batch_size / (now - rate_since[1])
                     last_log_step, last_log_time = step, now
                     writer.write(step, values)
                     bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
@@ -127,15 +115,15 @@ def run_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], sta
                     writer.write(step, {f"dev/{name}": value for name, value in evaluate(state, step).items()})
                     plateaued = not final and evaluate.plateaued(step)
                 if saving or plateaued:
-                    checkpoints.save(step, state, data_iterator, meta, force=final or stopping or plateaued)
+                    checkpoints.save(step, state, data_iterator, job.meta, force=final or stopping or plateaued)
                 if plateaued:
                     record.stopped_at = step
                     record.first = record.first or values  # the summary's first -> last, if nothing was logged
                     record.last = values if not logging_now else record.last
                     break
                 if stopping:
-                    raise Preempted(f"{stop_requests.received}: stopped after step {step} of {settings.num_steps} "
-                                    f"({settings.desc}) with a checkpoint in {checkpoints.directory}; run the same "
+                    raise Preempted(f"{stop_requests.received}: stopped after step {step} of {job.num_steps} "
+                                    f"({job.desc}) with a checkpoint in {checkpoints.directory}; run the same "
                                     f"command to resume")
         finally:
             bar.close()
