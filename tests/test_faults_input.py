@@ -23,7 +23,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from test_general import command, last_error, run, write_corpus, write_teacher
 from test_task import run_main, save_model, sentence
 from tinybert_jax import convert
-from tinybert_jax.data import augment, loader, prepare, shards
+from tinybert_jax.data import augment, augmented_files, loader, prepare, shards
 from tinybert_jax.data.glove import load_glove
 from tinybert_jax.data.glue import get_task, read_split
 from tinybert_jax.errors import InputError
@@ -295,11 +295,11 @@ def test_damaged_augmented_data_is_refused_and_kept(augmented, tmp_path, fault):
     directory = tmp_path / "augmented"
     shutil.copytree(augmented, directory)
     assert len(json.loads((directory / "metadata.json").read_text())["shards"]) >= 2
-    text_a, _, _ = augment.read_augmented(directory)
+    text_a, _, _ = augmented_files.read_augmented(directory)
     assert len(text_a) == 60
     bad_file = fault(directory)
     damaged = snapshot(directory)
-    message = one_line_error(lambda: augment.read_augmented(directory), bad_file)
+    message = one_line_error(lambda: augmented_files.read_augmented(directory), bad_file)
     assert f"delete {directory} to augment again" in message
     assert snapshot(directory) == damaged
 

@@ -9,7 +9,8 @@ named entities": augmentation).
 - Word tags (CoNLL-2003): only words tagged O are replaced, one word by one word (candidates are single words),
   so every tag stays on its word; a word the augmenter sees as several (U.S. -> U . S .) is left alone when any of
   them is an entity's.
-Records are JSON in the ArrayRecord shards `augment.write_augmented` writes, read back by `read_spans` / `read_tagged`.
+Records are JSON in the ArrayRecord shards `augmented_files.write_augmented` writes, read back by `read_spans` /
+`read_tagged`.
 """
 from __future__ import annotations
 
@@ -18,47 +19,47 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from tinybert_jax.data import augment, conll, glue, squad
+from tinybert_jax.data import augment, augmented_files, conll, glue, squad
 from tinybert_jax.data.augment import AugmentStats, Augmenter
 
 
 def augment_sentences(examples: glue.TaskExamples, augmenter: Augmenter, out_dir: Path,
                       chunk_size: int = augment.CHUNK_SENTENCES, resume_key: Optional[dict] = None) -> dict:
     """Augments sentences and pairs into `out_dir` (overwritten), resumable from its last saved chunk of
-    `chunk_size` examples when `resume_key` is the same (`augment.write_augmented`); the same signature for every
-    task kind (task/kinds.py)."""
+    `chunk_size` examples when `resume_key` is the same (`augmented_files.write_augmented`); the same signature for
+    every task kind (task/kinds.py)."""
     return augment.augment_examples(examples, augmenter, out_dir, True, chunk_size, resume_key)
 
 
 def augment_spans(examples: squad.SquadExamples, augmenter: Augmenter, out_dir: Path,
                   chunk_size: int = augment.CHUNK_SENTENCES, resume_key: Optional[dict] = None) -> dict:
-    return augment.write_augmented(out_dir, len(examples),
-                                   lambda start, stop, stats: _squad_records(examples, augmenter, start, stop, stats),
-                                   augmenter, True, chunk_size, resume_key, head="span")
+    return augmented_files.write_augmented(
+        out_dir, len(examples), lambda start, stop, stats: _squad_records(examples, augmenter, start, stop, stats),
+        augmenter, True, chunk_size, resume_key, new_stats=AugmentStats, head="span")
 
 
 def augment_tagged(examples: conll.TaggedExamples, augmenter: Augmenter, out_dir: Path,
                    chunk_size: int = augment.CHUNK_SENTENCES, resume_key: Optional[dict] = None) -> dict:
-    return augment.write_augmented(out_dir, len(examples),
-                                   lambda start, stop, stats: _tagged_records(examples, augmenter, start, stop, stats),
-                                   augmenter, True, chunk_size, resume_key, head="token")
+    return augmented_files.write_augmented(
+        out_dir, len(examples), lambda start, stop, stats: _tagged_records(examples, augmenter, start, stop, stats),
+        augmenter, True, chunk_size, resume_key, new_stats=AugmentStats, head="token")
 
 
 def read_sentences(out_dir: Path) -> glue.TaskExamples:
     """The examples `augment_sentences` wrote, in the type the task's reader returns; likewise for each kind."""
-    return glue.TaskExamples(*augment.read_augmented(out_dir))
+    return glue.TaskExamples(*augmented_files.read_augmented(out_dir))
 
 
 def read_spans(out_dir: Path) -> squad.SquadExamples:
-    _, records = augment.read_records(out_dir, lambda r: (str(r["id"]), str(r["question"]), str(r["context"]),
-                                                          [(str(t), int(s)) for t, s in r["answers"]]))
+    _, records = augmented_files.read_records(out_dir, lambda r: (str(r["id"]), str(r["question"]), str(r["context"]),
+                                                                  [(str(t), int(s)) for t, s in r["answers"]]))
     ids, questions, contexts, answers = (list(column) for column in zip(*records))
     return squad.SquadExamples(ids, questions, contexts, answers)
 
 
 def read_tagged(out_dir: Path) -> conll.TaggedExamples:
-    _, records = augment.read_records(out_dir, lambda r: ([str(w) for w in r["words"]],
-                                                          np.asarray(r["tags"], np.int32)))
+    _, records = augmented_files.read_records(out_dir, lambda r: ([str(w) for w in r["words"]],
+                                                                  np.asarray(r["tags"], np.int32)))
     words, tags = (list(column) for column in zip(*records))
     return conll.TaggedExamples(words, tags)
 

@@ -116,8 +116,8 @@ def decode_records(records: list[bytes], seq_len: int, pad_id: int) -> dict[str,
 
 
 def _grain():
-    # Imported when an iterator is made, not with this module: data.prepare and data.augment import this module
-    # for the metadata format, and the accelerator benchmark (which reads no prepared data) imports those on
+    # Imported when an iterator is made, not with this module: data.prepare and data.augmented_files import this
+    # module for the metadata format, and the accelerator benchmark (which reads no prepared data) imports those on
     # hosts without grain.
     import grain
     return grain

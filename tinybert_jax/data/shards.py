@@ -15,7 +15,7 @@ from tinybert_jax.errors import InputError
 
 def _array_record_module():
     # Imported on first use, not with this module: the accelerator benchmark imports modules that import this one
-    # (data.augment, data.prepare), opens no shard, and runs on hosts without array_record.
+    # (data.augmented_files, data.prepare), opens no shard, and runs on hosts without array_record.
     from array_record.python import array_record_module
     return array_record_module
 
