@@ -25,7 +25,7 @@ esac
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 requirements=(-r requirements.txt)
-[ "$test" = 1 ] && requirements=(-r requirements-test.txt)
+[ "$test" = 1 ] && requirements+=(-r requirements-test.txt)
 .venv/bin/python -m pip install --quiet "${requirements[@]}"
 if [ "$accel" != cpu ]; then
   # The accelerator plugin must match the jax version that requirements.txt resolved to.

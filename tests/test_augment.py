@@ -11,15 +11,22 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from conftest import make_hf_model
 from test_bench import run_bench
+
 from tinybert_jax.convert import load_hf_bert
 from tinybert_jax.data import conll, squad
-from tinybert_jax.data.augment import (Augmenter, augment_examples, is_candidate, load_augmenter, masked_lm_input,
-                                       match_case, split_words)
-from tinybert_jax.data.augmented_files import read_augmented
+from tinybert_jax.data.augment import (
+    Augmenter,
+    augment_examples,
+    is_candidate,
+    load_augmenter,
+    masked_lm_input,
+    match_case,
+    split_words,
+)
 from tinybert_jax.data.augment_tasks import augment_spans, augment_tagged, read_spans, read_tagged
+from tinybert_jax.data.augmented_files import read_augmented
 from tinybert_jax.data.glove import load_glove
 from tinybert_jax.errors import InputError
 

@@ -50,7 +50,8 @@ def wrong_shape(make, tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["intermediate_size"] = 40
     (path / "config.json").write_text(json.dumps(config))
-    return path, r"weight 'encoder.layer.0.intermediate.dense.weight' has shape \(37, 32\) but config.json implies \(40, 32\)"
+    return path, (r"weight 'encoder.layer.0.intermediate.dense.weight' has shape \(37, 32\) but config.json implies "
+                  r"\(40, 32\)")
 
 
 def truncated_safetensors(make, tmp_path):

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import pytest
-
 from test_general import write_corpus
 from test_task import FILLER, VOCAB, save_model
+
 from tinybert_jax.bench import cpu_isa
 from tinybert_jax.bench.__main__ import main as bench_main
 from tinybert_jax.bench.breakdown import PHASES, dropout_shapes

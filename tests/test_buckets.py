@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from test_step import STUDENT, TEACHER
+
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import preset_matches
 from tinybert_jax.distill.spec import init_trainable
@@ -16,8 +16,8 @@ from tinybert_jax.distill.step import DistillSpec, distillation_losses, trim_tea
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import Bert, BertConfig, init_params
 from tinybert_jax.task.arrays import batch_shapes, batches_per_epoch, bucket_lengths, eval_batches, train_iterator
-from tinybert_jax.train.engine import stage_length
 from tinybert_jax.task.evaluate import predict
+from tinybert_jax.train.engine import stage_length
 
 
 @pytest.mark.parametrize("setting, seq_len, expected", [

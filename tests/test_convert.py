@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import padded_batch, torch_outputs
 from safetensors.numpy import load_file, save_file
 
-from conftest import padded_batch, torch_outputs
 from tinybert_jax import convert
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import Bert

@@ -10,9 +10,9 @@ import scipy.stats
 import sklearn.metrics
 import torch
 import transformers
+from test_task import FILLER, run_main, save_model
 
 from configs import common
-from test_task import FILLER, run_main, save_model
 from tinybert_jax.data import custom
 from tinybert_jax.errors import InputError
 from tinybert_jax.task import glue_metrics

@@ -13,10 +13,9 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import made_once
-from test_general import ROOT, command, general_assets, last_error, metrics, run
 from run_state import read_run_state
+from test_general import ROOT, command, general_assets, last_error, metrics, run
 
 STEPS = 30
 SETTINGS = ["--config.optimizer.schedule=constant", "--config.optimizer.warmup_ratio=0",

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import safetensors
 from array_record.python.array_record_module import ArrayRecordWriter
-
 from test_general import command, last_error, run, write_corpus, write_teacher
 from test_task import run_main, save_model, sentence
+
 from tinybert_jax import convert
 from tinybert_jax.data import augment, augmented_files, loader, prepare, shards
 from tinybert_jax.data.glove import load_glove

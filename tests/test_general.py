@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers
-
 from conftest import XLA_TEST_FLAGS, made_once, make_hf_model
 from in_process import run_main
+
 from tinybert_jax.data import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,8 @@ def run(args, devices=1, check=True):
     if devices == 1 and args[:3] == [sys.executable, "-m", "tinybert_jax.main"]:
         result = run_main(args[3:])
     else:
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}"}
+        env = {**os.environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}"}
         result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]

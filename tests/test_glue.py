@@ -6,7 +6,6 @@ import sklearn.metrics
 import tensorflow_datasets as tfds
 import transformers
 
-from tinybert_jax.task import glue_metrics as metrics
 from tinybert_jax.data import glue
 from tinybert_jax.data.glue import (
     TaskExamples,
@@ -16,6 +15,7 @@ from tinybert_jax.data.glue import (
     read_split,
 )
 from tinybert_jax.errors import InputError
+from tinybert_jax.task import glue_metrics as metrics
 
 COLA_TRAIN = ("gj04\t1\t\tThe cat sat on the mat.\n"
               "gj04\t0\t*\tCat the mat on sat.\n"

@@ -19,8 +19,8 @@ LAUNCH = REPO / "launch"
 # Spaces, a glob, both quote characters, and words a shell would expand or act on: all must arrive unchanged.
 MAIN = ["--config=configs/general.py", "--workdir=/shared/work dir", "--config.data.source=/data/my corpus/*.txt",
         "--config.name=it's \"q\" $HOME `id` \\ ; & | ~", ""]
-SCRIPT_ENV = {"XLA_FLAGS", "TPU_NAME", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "PROJECT", "SPOT", "KEEP", "LOG_DIR",
-              "PREPARE", "PYTHON"}
+SCRIPT_ENV = {"XLA_FLAGS", "TPU_NAME", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "PROJECT", "SPOT", "KEEP",
+              "LOG_DIR", "PREPARE", "PYTHON"}
 TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
 
 

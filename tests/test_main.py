@@ -4,13 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import jax
 import numpy as np
+import pytest
 import transformers
-
 from conftest import padded_batch, torch_outputs
+
 from tinybert_jax import convert
 from tinybert_jax.models.bert import Bert
 

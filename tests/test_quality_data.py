@@ -1,8 +1,8 @@
 """The Debian-descriptions quality benchmark data: parsing apt's list format, the package filters, a balanced
 seeded sample and split, CSVs that task=custom reads, the CLI's errors, and the GloVe text export."""
 import csv
-import json
 import gzip
+import json
 
 import numpy as np
 import pytest

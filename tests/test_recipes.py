@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from in_process import run_main
 from test_general import general_assets, metrics
+
 from tinybert_jax import convert
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import Match, parse_matches, preset_matches, resolve_matches
@@ -59,7 +59,8 @@ def test_student_initialisation_copies_exactly_the_chosen_teacher_layers(assets)
     # default: spread first..last, DistilBERT's 0,2,4,7,9,11 for 12 -> 6
     assert resolve_layer_map("spread", 12, 6).teacher_layers == (1, 3, 5, 8, 10, 12)
     spread = from_teacher_layers(ml_collections.ConfigDict(dict(init_layers="")), student_cfg, teacher_cfg, teacher)
-    np.testing.assert_array_equal(spread["layers"]["query"]["kernel"], np.asarray(teacher["layers"]["query"]["kernel"])[[0, 3]])
+    np.testing.assert_array_equal(spread["layers"]["query"]["kernel"],
+                                  np.asarray(teacher["layers"]["query"]["kernel"])[[0, 3]])
     with pytest.raises(InputError, match="needs the teacher's width: hidden_size 16 vs 32"):
         from_teacher_layers(section, student_cfg.replace(hidden_size=16), teacher_cfg, teacher)
 

@@ -4,7 +4,6 @@ under them must not change what they train. See tests/reference_runs.py for the 
 import json
 
 import numpy as np
-
 from reference_runs import RECORD, reference_losses
 
 # The same code on another CPU kind (another vector width) rounds differently; 20 steps keep that far below 1e-4.

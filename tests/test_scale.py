@@ -13,10 +13,9 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import XLA_TEST_FLAGS, made_once
-from test_general import ROOT, STUDENT, general_assets, metrics
 from run_state import read_run_state
+from test_general import ROOT, STUDENT, general_assets, metrics
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -38,7 +37,8 @@ def main_args(assets, workdir, steps, *extra):
 
 
 def env_for(devices):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}"}
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}"}
 
 
 def run_main(assets, workdir, steps, *extra, devices=4):

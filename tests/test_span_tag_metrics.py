@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from seqeval.metrics import classification_report
 
-from tinybert_jax.task.span_metrics import (NO_SPAN_MARGIN, best_spans, exact_match, f1, normalize_answer,
-                                            squad_scores)
+from tinybert_jax.task.span_metrics import NO_SPAN_MARGIN, best_spans, exact_match, f1, normalize_answer, squad_scores
 from tinybert_jax.task.tag_metrics import entity_scores, word_predictions
 
 

@@ -1,15 +1,15 @@
 """SQuAD v1.1 / v2.0 and CoNLL-2003 end to end with tiny models: fine-tune a teacher, augment (v2.0), distil in
-two stages (CoNLL in length buckets), export BertForQuestionAnswering / BertForTokenClassification with logits equal to ours;
-the token and span losses against numpy."""
+two stages (CoNLL in length buckets), export BertForQuestionAnswering / BertForTokenClassification with logits
+equal to ours; the token and span losses against numpy."""
 import json
 
 import numpy as np
 import pytest
 import torch
 import transformers
+from test_task import FILLER, run_main, save_model
 
 from configs import task as task_config
-from test_task import FILLER, run_main, save_model
 from tinybert_jax import convert
 from tinybert_jax.data import conll, squad
 from tinybert_jax.data.augment_tasks import read_spans

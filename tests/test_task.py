@@ -4,12 +4,11 @@ import json
 import shutil
 from pathlib import Path
 
+import in_process
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import in_process
 from conftest import made_once, make_hf_model
 from test_general import last_error
 
@@ -97,7 +96,8 @@ def test_two_stage_distillation_end_to_end(finetuned):
     workdir = root / "distilled"
     args = [f"--config.data.source={data}", f"--config.teacher.path={root / 'teacher' / 'export'}",
             f"--config.student.init={student}", f"--config.augment.mlm_path={pretrained}",
-            "--config.augment.n_a=3", "--config.augment.max_seq_len=64", "--config.stage1.batch_size=16", "--config.stage1.num_epochs=2",
+            "--config.augment.n_a=3", "--config.augment.max_seq_len=64", "--config.stage1.batch_size=16",
+            "--config.stage1.num_epochs=2",
             "--config.stage1.optimizer.learning_rate=1e-3", "--config.stage2.batch_size=16",
             "--config.stage2.num_epochs=4", "--config.stage2.optimizer.learning_rate=2e-3",
             "--config.eval.every_steps=50", "--config.log.every_steps=10", "--config.data.buckets=16"]

@@ -6,14 +6,14 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import counted_traces
 from flax import serialization
 
-from conftest import counted_traces
 from tinybert_jax import convert
 from tinybert_jax.data import glue
+from tinybert_jax.distill.projection import PROJECTION_FILE
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, init_params
-from tinybert_jax.distill.projection import PROJECTION_FILE
 from tinybert_jax.pipelines import task as pipeline
 from tinybert_jax.task import fingerprint
 from tinybert_jax.task.evaluate import jitted_logits, predict

@@ -10,15 +10,20 @@ import numpy as np
 
 from tinybert_jax import sharding
 from tinybert_jax.bench.timing import encoder_flops, time_calls
-from tinybert_jax.distill.layer_map import resolve_layer_map
-from tinybert_jax.distill.matches import (check_matches, preset_matches, teacher_layers_needed, uses_masking,
-                                         uses_teacher_logits)
 from tinybert_jax.convert import hf_state_dict
+from tinybert_jax.distill.layer_map import resolve_layer_map
+from tinybert_jax.distill.matches import (
+    check_matches,
+    preset_matches,
+    teacher_layers_needed,
+    uses_masking,
+    uses_teacher_logits,
+)
 from tinybert_jax.distill.spec import init_trainable
 from tinybert_jax.distill.step import DistillSpec, distillation_losses, make_distill_step, trim_teacher
 from tinybert_jax.models.bert import Bert, BertConfig, init_params
-from tinybert_jax.train.optimizer import make_optimizer
 from tinybert_jax.train.engine import create_state
+from tinybert_jax.train.optimizer import make_optimizer
 
 MASK_ID = 4  # random_batch draws ids from 5 up, so [MASK] and the other specials are below
 ADAMW = types.SimpleNamespace(name="adamw", learning_rate=1e-4, schedule="linear", warmup_ratio=0.1, b1=0.9, b2=0.999,

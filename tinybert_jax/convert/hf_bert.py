@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional
 
+import flax.linen as nn
 import jax
 import numpy as np
 from flax import serialization
-import flax.linen as nn
 
 from tinybert_jax import hf_checkpoint
 from tinybert_jax.errors import InputError
@@ -241,7 +241,8 @@ def _report_unused(cfg: BertConfig, weights: dict[str, np.ndarray], params: dict
     leftover = sorted(set(weights) - used)
     if _TIED_DECODER in leftover:
         leftover.remove(_TIED_DECODER)
-        if cfg.mlm_head and not np.allclose(weights[_TIED_DECODER], params["embeddings"]["word_embeddings"]["embedding"]):
+        tied = params["embeddings"]["word_embeddings"]["embedding"]
+        if cfg.mlm_head and not np.allclose(weights[_TIED_DECODER], tied):
             log.warning("%s: the MLM decoder is not tied to the word embeddings; our model ties them, so the "
                         "imported MLM logits use the word embeddings", source)
     for pattern, reason in _IGNORED:

@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from tinybert_jax.data import augment, augmented_files, conll, glue, squad
-from tinybert_jax.data.augment import AugmentStats, Augmenter
+from tinybert_jax.data.augment import Augmenter, AugmentStats
 
 
 def augment_sentences(examples: glue.TaskExamples, augmenter: Augmenter, out_dir: Path,

@@ -13,8 +13,8 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def train_wordpiece(source: str, out_dir: Path, vocab_size: int, lowercase: bool = True) -> Path:
     """Writes a transformers-loadable BertTokenizerFast (vocab.txt, tokenizer.json, ...) to out_dir."""
-    from tokenizers import BertWordPieceTokenizer
     import transformers
+    from tokenizers import BertWordPieceTokenizer
 
     stats = CorpusStats()
     sentences = (sentence for document in iter_documents(source, stats) for sentence in document)

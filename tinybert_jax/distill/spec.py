@@ -9,8 +9,13 @@ import jax
 
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.losses import MODES
-from tinybert_jax.distill.matches import (LOGIT_LOSSES, resolve_matches, teacher_layers_needed, uses_masking,
-                                         uses_teacher_logits)
+from tinybert_jax.distill.matches import (
+    LOGIT_LOSSES,
+    resolve_matches,
+    teacher_layers_needed,
+    uses_masking,
+    uses_teacher_logits,
+)
 from tinybert_jax.distill.step import DistillSpec, trim_teacher
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, boxed_params

@@ -16,6 +16,7 @@ from tinybert_jax.models.bert import Bert, BertConfig, cast_to_param_dtypes, uns
 from tinybert_jax.train.mlm import mask_tokens_weighted
 from tinybert_jax.train.state import TrainState, apply_gradients
 
+
 @dataclasses.dataclass(frozen=True)
 class DistillSpec:
     """Everything static about the step: model configs, the distillation terms and the loss settings."""

@@ -11,8 +11,8 @@ from tinybert_jax import convert, hf_checkpoint, report
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.spec import compute_dtype
 from tinybert_jax.task import catalog, classifier
-from tinybert_jax.task.kinds import encode_train, kind_of, load_dev_sets, seq_len_for
 from tinybert_jax.task.evaluate import curve_rows, main_score
+from tinybert_jax.task.kinds import encode_train, kind_of, load_dev_sets, seq_len_for
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:

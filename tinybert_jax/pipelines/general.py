@@ -14,8 +14,14 @@ from tinybert_jax import convert, distributed, hf_checkpoint, report, sharding
 from tinybert_jax.data import loader, prepare
 from tinybert_jax.distill.matches import uses_masking
 from tinybert_jax.distill.projection import save_projection
-from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, init_trainable, run_meta, \
-    with_trimmed_teacher
+from tinybert_jax.distill.spec import (
+    compute_dtype,
+    describe,
+    distill_spec,
+    init_trainable,
+    run_meta,
+    with_trimmed_teacher,
+)
 from tinybert_jax.distill.step import make_distill_step
 from tinybert_jax.distill.student import student_config
 from tinybert_jax.models.bert import abstract_params

@@ -14,6 +14,7 @@ again, a finished or half-done stage from other inputs is refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,8 +26,14 @@ from tinybert_jax import convert, distributed, report, sharding
 from tinybert_jax.data import augment, custom
 from tinybert_jax.data.prepare import load_tokenizer
 from tinybert_jax.distill.projection import load_projection
-from tinybert_jax.distill.spec import compute_dtype, describe, distill_spec, init_trainable, run_meta, \
-    with_trimmed_teacher
+from tinybert_jax.distill.spec import (
+    compute_dtype,
+    describe,
+    distill_spec,
+    init_trainable,
+    run_meta,
+    with_trimmed_teacher,
+)
 from tinybert_jax.distill.step import DistillSpec, make_distill_step
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import BertConfig, abstract_params
@@ -86,100 +93,138 @@ def seed_summary(scores: dict[int, float]) -> tuple[dict, list[tuple[str, str]]]
     return summary, rows + [("mean +- std", f"{values.mean():.4f} +- {values.std():.4f} over {len(values)} seeds")]
 
 
+@dataclasses.dataclass
+class TaskRun:
+    """What every stage of one run reads: the task, the teacher (logits permuted to the task's label order), the
+    student's initialisation, the tokenizer, the dev sets, the original training set and each output's
+    fingerprint."""
+    config: ml_collections.ConfigDict
+    workdir: Path
+    task: Task
+    teacher_dir: Path
+    teacher_cfg: BertConfig
+    teacher_params: dict
+    permutation: np.ndarray | None
+    student_cfg: BertConfig
+    student_params: dict
+    projection: dict | None
+    tokenizer: object
+    seq_len: int
+    dev_sets: dict[str, DevSet]
+    teacher_scores: dict
+    original: object  # the training split as read, before augmentation
+    prints: dict[str, dict]  # cache_keys.task_fingerprints
+
+    @property
+    def stage2_dirs(self) -> dict[int, Path]:
+        """One stage 2 per seed (config.seeds; else WORKDIR/stage2 with config.seed), all from the same stage 1."""
+        return {seed: self.workdir / "stage2" / (f"seed_{seed}" if self.config.seeds else "")
+                for seed in seed_list(self.config)}
+
+
 def run_once(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    run = start(config, workdir)
+    stage1_plan = plan_stage1(run) if not (workdir / "stage1" / "student" / "bert_config.json").is_file() else None
+    train = encode_train(run.task, training_examples(config, run.task, run.original, run.prints["augmented"], workdir),
+                         run.tokenizer, run.seq_len, config.data)
+    logging.info("%s: %d training examples%s", run.task.name, count(train),
+                 " (augmented)" if config.augment.enabled else "")
+    rows = stage1(config, *stage1_plan, train).summary_rows() if stage1_plan is not None else []
+    rows += stage2(run, train)
+    rows += write_report(run, train)
+    report.print_table(f"task distillation ({run.task.name})", rows)
+
+
+def start(config: ml_collections.ConfigDict, workdir: Path) -> TaskRun:
+    """Loads the teacher, the student and the dev sets, checks the teacher against chance and every stage
+    directory against the current settings (before hours of augmentation)."""
     task = catalog.get_task(config)
     dtype = compute_dtype(config)
-    # the fine-tuned teacher, its logits permuted to the task's label order
     teacher_dir, teacher_cfg, teacher_params, permutation = classifier.load_classifier(
         config.teacher.path, "teacher.path", task, "; fine-tune a teacher first with configs/finetune.py")
     teacher_cfg = teacher_cfg.replace(dtype=dtype)
     student_cfg, student_params, projection = load_student(config, teacher_cfg)
-    student_cfg = student_cfg.replace(dtype=dtype)
     tokenizer = load_tokenizer(str(teacher_dir))
     seq_len = seq_len_for(task, config.data.seq_len)
     dev_sets = load_dev_sets(task, config.data, tokenizer, seq_len)
     teacher_scores = evaluate(teacher_cfg, teacher_params, dev_sets, config.eval.batch_size, permutation)
     check_teacher(config, task, teacher_scores, dev_sets)
-
     original = catalog.read_split(task, config.data, "train")
     prints = cache_keys.task_fingerprints(config, task, original, seq_len, teacher_params, permutation,
                                           student_params, projection)
-    check_stage(workdir / "stage1", prints["stage1"], "stage 1")  # before hours of augmentation
+    check_stage(workdir / "stage1", prints["stage1"], "stage 1")
     check_stage(workdir / "stage2", prints["stage2"], "stage 2 (and the export made from it)")
     if config.baseline.finetune:
         check_stage(workdir / "baseline", prints["baseline"], "the fine-tuning baseline")
-    stage1_plan = None
-    if not (workdir / "stage1" / "student" / "bert_config.json").is_file():
-        initial = {"student": classifier.encoder_params(student_params, student_cfg),
-                   **({"projection": projection} if projection is not None else {})}
-        stage1_plan = plan_stage1(config, task, teacher_cfg, teacher_params, student_cfg, seq_len, initial, workdir,
-                                  prints["stage1"])
-    train = encode_train(task, training_examples(config, task, original, prints["augmented"], workdir), tokenizer,
-                         seq_len, config.data)
-    logging.info("%s: %d training examples%s", task.name, count(train),
-                 " (augmented)" if config.augment.enabled else "")
+    return TaskRun(config, workdir, task, teacher_dir, teacher_cfg, teacher_params, permutation,
+                   student_cfg.replace(dtype=dtype), student_params, projection, tokenizer, seq_len, dev_sets,
+                   teacher_scores, original, prints)
 
-    rows = []
-    if stage1_plan is not None:
-        rows += stage1(config, *stage1_plan, train).summary_rows()
+
+def stage2(run: TaskRun, train: Arrays) -> list[tuple[str, str]]:
+    """The prediction layer from stage 1's student, once per seed, on the teacher's cached logits; exports the
+    best seed's best-on-dev model. Skipped when the export of these settings exists."""
+    config, workdir, task = run.config, run.workdir, run.task
+    export_dir, stored = workdir / "export", workdir / "stage2" / "fingerprint.json"
+    if (export_dir / "config.json").is_file() and stored.is_file():
+        return []
+    if distributed.is_leader():  # before anything is written there, so a half-done stage 2 is recognised too
+        fingerprint.write(stored, run.prints["stage2"])
+    distributed.barrier("stage 2 fingerprint written")
     _, stage1_params = convert.load_flax_dir(workdir / "stage1" / "student")
+    classifier_cfg = classifier.classifier_config(run.student_cfg, task)
+    init = {**stage1_params, **({"pooler": run.student_params["pooler"]}
+                                if "pooler" in run.student_params and classifier_cfg.pooler else {})}
+    train["teacher_logits"] = teacher_logits(run.teacher_cfg, run.teacher_params, run.permutation, train,
+                                             config.eval.batch_size, run.prints["teacher_logits"], workdir,
+                                             bucket_lengths(config.data.buckets, run.seq_len))
+    keepers, rows = {}, []
+    for seed, directory in run.stage2_dirs.items():
+        keepers[seed], record = classifier.train_classifier(
+            with_seed(config, seed), "stage2", config.stage2.optimizer, classifier_cfg, task, train, run.dev_sets,
+            init, directory, desc=f"{task.name} stage 2 (prediction layer)" + (
+                f", seed {seed}" if config.seeds else ""), distill=True)
+        rows += record.summary_rows()
+    best_seed = max(keepers, key=lambda seed: keepers[seed].best["score"])
+    classifier.export_classifier(keepers[best_seed], task, export_dir, run.teacher_dir)
+    return rows
 
-    classifier_cfg = classifier.classifier_config(student_cfg, task)
-    export_dir = workdir / "export"
-    # one stage 2 per seed (config.seeds; else WORKDIR/stage2 with config.seed), all from the same stage 1
-    seeds = seed_list(config)
-    stage2_dirs = {seed: workdir / "stage2" / (f"seed_{seed}" if config.seeds else "") for seed in seeds}
-    stage2_fingerprint = workdir / "stage2" / "fingerprint.json"
-    if not ((export_dir / "config.json").is_file() and stage2_fingerprint.is_file()):
-        if distributed.is_leader():  # before anything is written there, so a half-done stage 2 is recognised too
-            fingerprint.write(stage2_fingerprint, prints["stage2"])
-        distributed.barrier("stage 2 fingerprint written")
-        init = {**stage1_params, **({"pooler": student_params["pooler"]}
-                                    if "pooler" in student_params and classifier_cfg.pooler else {})}
-        train["teacher_logits"] = teacher_logits(teacher_cfg, teacher_params, permutation, train,
-                                                 config.eval.batch_size, prints["teacher_logits"], workdir,
-                                                 bucket_lengths(config.data.buckets, seq_len))
-        keepers = {}
-        for seed, directory in stage2_dirs.items():
-            keepers[seed], record = classifier.train_classifier(
-                with_seed(config, seed), "stage2", config.stage2.optimizer, classifier_cfg, task, train, dev_sets,
-                init, directory, desc=f"{task.name} stage 2 (prediction layer)" + (
-                    f", seed {seed}" if config.seeds else ""), distill=True)
-            rows += record.summary_rows()
-        best_seed = max(keepers, key=lambda seed: keepers[seed].best["score"])
-        classifier.export_classifier(keepers[best_seed], task, export_dir, teacher_dir)
 
-    seed_scores = {seed: json.loads((directory / "best" / "best.json").read_text())["score"]
-                   for seed, directory in stage2_dirs.items()}
+def write_report(run: TaskRun, train: Arrays) -> list[tuple[str, str]]:
+    """WORKDIR/report.json and the summary rows: teacher and student dev scores, retention, the seeds, the stage
+    lengths, the best seed's dev curve and (baseline.finetune) the direct fine-tuning comparison."""
+    config, workdir, task = run.config, run.workdir, run.task
+    best_files = {seed: json.loads((directory / "best" / "best.json").read_text())
+                  for seed, directory in run.stage2_dirs.items()}
+    seed_scores = {seed: best["score"] for seed, best in best_files.items()}
     best_seed = max(seed_scores, key=seed_scores.get)
-    _, best_params = convert.load_flax_dir(stage2_dirs[best_seed] / "best" / "params")
-    student_scores = evaluate(classifier_cfg, best_params, dev_sets, config.eval.batch_size)
-    teacher_score, student_score = main_score(task, teacher_scores), main_score(task, student_scores)
+    classifier_cfg = classifier.classifier_config(run.student_cfg, task)
+    _, best_params = convert.load_flax_dir(run.stage2_dirs[best_seed] / "best" / "params")
+    student_scores = evaluate(classifier_cfg, best_params, run.dev_sets, config.eval.batch_size)
+    teacher_score, student_score = main_score(task, run.teacher_scores), main_score(task, student_scores)
     retention = 100.0 * student_score / teacher_score if teacher_score else float("nan")
     seeds_report, seed_rows = seed_summary(seed_scores) if config.seeds else ({}, [])
     lengths = {section: stage_plan(config, section, train) for section in ("stage1", "stage2")}
-    curve = json.loads((stage2_dirs[best_seed] / "best" / "curve.json").read_text())
+    curve = json.loads((run.stage2_dirs[best_seed] / "best" / "curve.json").read_text())
     baseline_report, baseline_rows = ({}, []) if not config.baseline.finetune else compare_with_finetuning(
-        config, task, student_cfg, student_params, original, tokenizer, seq_len, dev_sets, workdir,
-        prints["baseline"], student_score)
+        run, student_score)
     report.write_report(workdir / "report.json",
-                        {"task": task.name, "metric": task.main_metric, "teacher": teacher_scores,
+                        {"task": task.name, "metric": task.main_metric, "teacher": run.teacher_scores,
                          "student": student_scores, "teacher_score": teacher_score, "student_score": student_score,
                          "retention_percent": retention, **seeds_report, "stage_lengths": lengths,
                          "stage2_dev_curve": curve, **baseline_report})
-    rows += seed_rows
-    rows += [(f"{section} length", f"{plan['steps']} steps: {plan['why']}") for section, plan in lengths.items()]
-    rows += curve_rows({int(step): score for step, score in curve.items()},
-                       json.loads((stage2_dirs[best_seed] / "best" / "best.json").read_text())["step"],
+    export_dir = workdir / "export"
+    rows = seed_rows + [(f"{section} length", f"{plan['steps']} steps: {plan['why']}")
+                        for section, plan in lengths.items()]
+    rows += curve_rows({int(step): score for step, score in curve.items()}, best_files[best_seed]["step"],
                        task.main_metric)
     rows += [("task", task.name), ("metric", f"{task.dev_splits[0]} {task.main_metric}"),
              ("teacher", f"{teacher_score:.4f}"), ("student", f"{student_score:.4f}"),
              ("retention", f"{retention:.1f}%")] + baseline_rows
     rows += [(f"student {split} {name}", f"{value:.4f}") for split, metrics in student_scores.items()
              for name, value in metrics.items()]
-    rows += [("export", str(export_dir)), ("report", str(workdir / "report.json")),
-             ("load with", report.load_line(export_dir, kind_of(task).auto_class))]
-    report.print_table(f"task distillation ({task.name})", rows)
+    return rows + [("export", str(export_dir)), ("report", str(workdir / "report.json")),
+                   ("load with", report.load_line(export_dir, kind_of(task).auto_class))]
 
 
 def stage_plan(config: ml_collections.ConfigDict, section: str, train: Arrays) -> dict:
@@ -189,18 +234,17 @@ def stage_plan(config: ml_collections.ConfigDict, section: str, train: Arrays) -
     return {"steps": length.num_steps, "why": length.reason}
 
 
-def compare_with_finetuning(config, task, student_cfg, student_params, original, tokenizer, seq_len: int,
-                            dev_sets: dict[str, DevSet], workdir: Path, baseline_fingerprint: dict,
-                            student_score: float) -> tuple[dict, list[tuple[str, str]]]:
+def compare_with_finetuning(run: TaskRun, student_score: float) -> tuple[dict, list[tuple[str, str]]]:
     """The direct fine-tuning sweep of the student's initialisation (task.baseline), for the report: each
     setting's best dev score, the best setting, and what distillation gained over it in points."""
-    directory = workdir / "baseline"
+    config, task = run.config, run.task
+    directory = run.workdir / "baseline"
     if distributed.is_leader():
-        fingerprint.write(directory / "fingerprint.json", baseline_fingerprint)
+        fingerprint.write(directory / "fingerprint.json", run.prints["baseline"])
     distributed.barrier("baseline fingerprint written")
-    results = baseline.finetune_baseline(config, task, student_cfg, student_params,
-                                         encode_train(task, original, tokenizer, seq_len, config.data), dev_sets,
-                                         directory)
+    results = baseline.finetune_baseline(config, task, run.student_cfg, run.student_params,
+                                         encode_train(task, run.original, run.tokenizer, run.seq_len, config.data),
+                                         run.dev_sets, directory)
     best = max(results, key=lambda name: results[name]["score"])
     gain = 100.0 * (student_score - results[best]["score"])
     rows = [(f"fine-tuned directly, {name}", f"{result['score']:.4f}" + ("  (best)" if name == best else ""))
@@ -270,19 +314,21 @@ def check_stage(directory: Path, stage_fingerprint: dict, what: str) -> None:
                          f"the same settings, or delete {directory} to train it again")
 
 
-def plan_stage1(config, task, teacher_cfg, teacher_params, student_cfg, seq_len: int, initial: dict,
-                workdir: Path, stage_fingerprint: dict) -> tuple[DistillSpec, dict, engine.Job]:
+def plan_stage1(run: TaskRun) -> tuple[DistillSpec, dict, engine.Job]:
     """Stage 1's terms, trimmed teacher and job (its step count follows from the training set), checked before
     augmentation: terms the models cannot take, a mesh or batch the devices cannot, another run's checkpoints."""
-    spec = distill_spec(config, teacher_cfg, student_cfg, seq_len, logit_terms=False)
-    spec, trimmed = with_trimmed_teacher(spec, teacher_params, config.dtype)
+    config = run.config
+    initial = {"student": classifier.encoder_params(run.student_params, run.student_cfg),
+               **({"projection": run.projection} if run.projection is not None else {})}
+    spec = distill_spec(config, run.teacher_cfg, run.student_cfg, run.seq_len, logit_terms=False)
+    spec, trimmed = with_trimmed_teacher(spec, run.teacher_params, config.dtype)
     logging.info("stage 1 terms (student <- teacher): %s", describe(spec))
-    directory = workdir / "stage1"
-    job = engine.job_for(config, f"{task.name} stage 1 (intermediate layers)", directory, 0,
-                         config.stage1.batch_size, config.stage1.optimizer, run_meta(spec, seq_len), initial=initial,
-                         section="stage1")
+    directory = run.workdir / "stage1"
+    job = engine.job_for(config, f"{run.task.name} stage 1 (intermediate layers)", directory, 0,
+                         config.stage1.batch_size, config.stage1.optimizer, run_meta(spec, run.seq_len),
+                         initial=initial, section="stage1")
     if distributed.is_leader():  # before anything is written there, so a half-done stage is recognised too
-        fingerprint.write(directory / "fingerprint.json", stage_fingerprint)
+        fingerprint.write(directory / "fingerprint.json", run.prints["stage1"])
     engine.check_before_preparing(config, job)
     return spec, trimmed, job
 

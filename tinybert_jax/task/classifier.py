@@ -16,8 +16,15 @@ from tinybert_jax import convert, distributed, hf_checkpoint
 from tinybert_jax.data import glue
 from tinybert_jax.errors import InputError
 from tinybert_jax.models.bert import TASK_HEADS, BertConfig, boxed_params
-from tinybert_jax.task.arrays import Arrays, DevSet, batch_shapes, batches_per_epoch, bucket_lengths, count, \
-    train_iterator
+from tinybert_jax.task.arrays import (
+    Arrays,
+    DevSet,
+    batch_shapes,
+    batches_per_epoch,
+    bucket_lengths,
+    count,
+    train_iterator,
+)
 from tinybert_jax.task.evaluate import BestOnDev
 from tinybert_jax.task.kinds import kind_of
 from tinybert_jax.task.spec import Task

@@ -11,9 +11,9 @@ import numpy as np
 from absl import logging
 
 from tinybert_jax import convert, distributed, sharding
-from tinybert_jax.task.spec import Task
 from tinybert_jax.models.bert import BertConfig
 from tinybert_jax.task.arrays import Arrays, DevSet, count, eval_batches
+from tinybert_jax.task.spec import Task
 from tinybert_jax.task.steps import classifier_logits
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
