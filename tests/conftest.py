@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random-init Hugging Face BERTs written with save_pretrained (no downloads)."""
+"""The test environment (set here before jax is first imported), the shared fixtures and the collection hook.
+Everything else the tests share (models, fixture data, run_main, made_once) is in helpers.py: import it from there,
+never from this file."""
 import os
 import tempfile
 
@@ -18,17 +20,10 @@ XLA_TEST_FLAGS = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_
                                         "--xla_cpu_use_fusion_emitters=false"]))
 os.environ["XLA_FLAGS"] = XLA_TEST_FLAGS
 
-import contextlib
-import shutil
 from pathlib import Path
-from typing import Callable
 
-import filelock
-import jax
-import numpy as np
 import pytest
-import torch
-import transformers
+from helpers import make_hf_model
 
 from tinybert_jax.threefry import lower_threefry_unrolled_on_cpu
 
@@ -36,23 +31,6 @@ from tinybert_jax.threefry import lower_threefry_unrolled_on_cpu
 # CPU as one fused kernel, bit-identical to JAX's own lowering (tinybert_jax/threefry.py). Subprocesses the tests
 # start get it from the entry point they run.
 lower_threefry_unrolled_on_cpu()
-
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64)
-
-
-def make_hf_model(cls_name: str, seed: int = 0, **overrides):
-    """A random-init transformers BERT of class `cls_name` in eval mode, eager attention (so it returns attentions)."""
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(**{**TINY, **overrides})
-    config._attn_implementation = "eager"
-    model = getattr(transformers, cls_name)(config).eval()
-    # Random-init biases and LayerNorm params are 0/1; perturb them so a transposed or swapped tensor cannot pass.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
 
 
 @pytest.fixture
@@ -66,26 +44,6 @@ def hf_checkpoint(tmp_path):
     return make
 
 
-def padded_batch(vocab_size: int, batch: int = 3, length: int = 9, seed: int = 0):
-    """input_ids, token_type_ids, attention_mask (numpy int64) with a different amount of padding per row."""
-    rng = np.random.RandomState(seed)
-    ids = rng.randint(1, vocab_size, (batch, length))
-    mask = np.ones_like(ids)
-    for row in range(1, batch):
-        mask[row, length - 2 * row:] = 0
-    ids = np.where(mask == 1, ids, 0)
-    token_types = np.zeros_like(ids)
-    token_types[:, length // 2:] = 1
-    token_types *= mask
-    return ids, token_types, mask
-
-
-def torch_outputs(model, ids, token_types, mask):
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(token_types),
-                     attention_mask=torch.tensor(mask), output_hidden_states=True, output_attentions=True)
-
-
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory) -> Path:
     """A directory every pytest worker of the session sees (xdist workers' base temps share a parent)."""
@@ -93,38 +51,10 @@ def shared_dir(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def made_once(shared_dir: Path, name: str, make: Callable[[Path], None]) -> Path:
-    """shared_dir/name, made by make(path) once per session by whichever worker needs it first; the others wait
-    for it. Expensive fixtures (a fine-tuned teacher, a reference run) are then made once, not once per worker."""
-    path, made = shared_dir / name, shared_dir / f"{name}.made"
-    with filelock.FileLock(str(shared_dir / f"{name}.lock")):
-        if not made.exists():
-            if path.exists():  # a failed attempt
-                shutil.rmtree(path)
-            make(path)
-            made.touch()
-    return path
-
-
-@contextlib.contextmanager
-def counted_traces():
-    """A list that gains one entry for every function JAX traces inside the `with` block."""
-    traces = []
-
-    def listener(event, duration, **kwargs):
-        if event.endswith("jaxpr_trace_duration"):
-            traces.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield traces
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 # The slowest tests (seconds on a 2-core machine, made-once fixtures they are first to need included), slowest
 # first. pytest-xdist hands tests out in collection order: one collected last would run while the other worker
-# idles. Run first, they leave the short tests to fill the end.
+# idles. Run first, they leave the short tests to fill the end. Named by file name::test name, whichever directory
+# under tests/ the file is in.
 SLOW_FIRST = (
     "test_scale.py::test_two_processes_match_one_process_then_resume_on_one",  # 55
     "test_reference_runs.py::test_pipelines_reproduce_the_recorded_losses",  # 38

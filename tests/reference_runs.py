@@ -22,13 +22,11 @@ SAME_WIDTH = {**TINY_STUDENT, "student.hidden_size": 32, "student.intermediate_s
 
 
 def _config(name: str, overrides: dict):
+    from helpers import override
+
     config = importlib.import_module(f"configs.{name}").get_config()
     for dotted, value in overrides.items():
-        *parents, key = dotted.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[key] = value
+        override(config, dotted, value)
     return config
 
 
@@ -47,9 +45,7 @@ def _losses(metrics_file: Path, names: tuple[str, ...]) -> dict[str, list[float]
 
 def reference_losses(root: Path) -> dict[str, dict[str, list[float]]]:
     """{run: {metric: the values of steps 1..20}} of every pipeline, written under `root`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_general import write_corpus, write_teacher
-    from test_task import save_model, write_sst2
+    from helpers import save_model, write_corpus, write_sst2, write_teacher
 
     teacher, corpus = write_teacher(root / "teacher"), write_corpus(root / "corpus.txt")
     general = {"teacher.path": str(teacher), "data.source": str(corpus), "data.prepared_dir": str(root / "prepared"),
@@ -93,6 +89,8 @@ if __name__ == "__main__":
     # Before anything is compiled, as under pytest (conftest) and the entry point: dropout masks on CPU as one fused
     # kernel, bit-identical to JAX's own lowering (tinybert_jax/threefry.py).
     lower_threefry_unrolled_on_cpu()
+    import conftest  # noqa: F401  the tests' environment (XLA flags, compilation cache), as under pytest
+
     with tempfile.TemporaryDirectory() as tmp:
         RECORD.write_text(json.dumps(reference_losses(Path(tmp)), indent=1) + "\n")
     print(f"recorded {RECORD}")

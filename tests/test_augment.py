@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import make_hf_model
-from test_bench import run_bench
+from helpers import make_hf_model, run_bench
 
 from tinybert_jax.convert import load_hf_bert
 from tinybert_jax.data import conll, squad

@@ -7,18 +7,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import pytest
-from test_general import write_corpus
-from test_task import FILLER, VOCAB, save_model
+from helpers import FILLER, VOCAB, run_bench, save_model, write_corpus
 
 from tinybert_jax.bench import cpu_isa
-from tinybert_jax.bench.__main__ import main as bench_main
 from tinybert_jax.bench.breakdown import PHASES, dropout_shapes
 from tinybert_jax.bench.machine import cpu_description
 from tinybert_jax.bench.proc_cpuinfo import cpu_flags
@@ -29,17 +26,6 @@ ABSENT_ON_ACCELERATOR_HOSTS = ("grain", "ml_collections", "tensorflow_datasets",
                                "array_record", "seqeval")
 TINY = ["--teacher=2,32,64,4", "--student=1,16,32,4", "--vocab=120", "--batch=4", "--seq-len=16", "--reps=2",
         "--warmup=1", "--inference-batches", "4", "1"]
-
-
-def run_bench(capsys, *args):
-    """`python -m tinybert_jax.bench ARGS` in this process: (returncode, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        returncode = bench_main(list(args))
-    except SystemExit as e:  # argparse's usage errors
-        returncode = e.code
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=returncode, stdout=captured.out, stderr=captured.err)
 
 
 def positive_numbers(tree):

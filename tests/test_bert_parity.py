@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import counted_traces, padded_batch, torch_outputs
+from helpers import counted_traces, padded_batch, torch_outputs
 
 from tinybert_jax.convert import load_hf_bert
 from tinybert_jax.distill.step import trim_teacher

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from test_step import STUDENT, TEACHER
+from helpers import STEP_STUDENT as STUDENT
+from helpers import STEP_TEACHER as TEACHER
 
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import preset_matches

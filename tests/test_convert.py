@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import padded_batch, torch_outputs
+from helpers import padded_batch, torch_outputs
 from safetensors.numpy import load_file, save_file
 
 from tinybert_jax import convert

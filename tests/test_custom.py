@@ -10,7 +10,7 @@ import scipy.stats
 import sklearn.metrics
 import torch
 import transformers
-from test_task import FILLER, run_main, save_model
+from helpers import FILLER, TEST_SETTINGS, run_main, save_model
 
 from configs import common
 from tinybert_jax.data import custom
@@ -157,7 +157,7 @@ def test_custom_task_fine_tune_and_distil_end_to_end(tmp_path):
     result = run_main("finetune", teacher, "--config.task=custom", f"--config.data.source={data}",
                       f"--config.teacher.path={pretrained}", "--config.data.seq_len=16",
                       "--config.train.batch_size=32", "--config.train.num_epochs=25",
-                      "--config.optimizer.learning_rate=2e-3", "--config.eval.every_steps=40")
+                      "--config.optimizer.learning_rate=2e-3", "--config.eval.every_steps=40", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((teacher / "report.json").read_text())["score"] >= 0.8
     config = transformers.AutoConfig.from_pretrained(teacher / "export")
@@ -170,7 +170,8 @@ def test_custom_task_fine_tune_and_distil_end_to_end(tmp_path):
                       "--config.augment.enabled=False", "--config.data.seq_len=16", "--config.stage1.batch_size=32",
                       "--config.stage1.num_epochs=2", "--config.stage1.optimizer.learning_rate=1e-3",
                       "--config.stage2.batch_size=32", "--config.stage2.num_epochs=30",
-                      "--config.stage2.optimizer.learning_rate=3e-3", "--config.eval.every_steps=40")
+                      "--config.stage2.optimizer.learning_rate=3e-3", "--config.eval.every_steps=40",
+                      settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     assert report["task"] == "custom" and report["retention_percent"] >= 80.0, report
@@ -183,7 +184,7 @@ def fine_tune_custom(tmp_path, data, *overrides):
     return run_main("finetune", tmp_path / "teacher", "--config.task=custom", f"--config.data.source={data}",
                     f"--config.teacher.path={pretrained}", "--config.data.seq_len=24", "--config.train.batch_size=32",
                     "--config.train.num_epochs=25", "--config.optimizer.learning_rate=2e-3",
-                    "--config.eval.every_steps=50", *overrides)
+                    "--config.eval.every_steps=50", *overrides, settings=TEST_SETTINGS)
 
 
 def test_custom_regression_pairs_from_jsonl_fine_tune(tmp_path):
@@ -215,7 +216,7 @@ def test_custom_task_predictions_csv_beside_the_test_file(tmp_path):
     config.label2id = {name: i for i, name in config.id2label.items()}
     config.save_pretrained(model_dir)
     result = run_main("predict", tmp_path / "w", "--config.task=custom", f"--config.data.source={data}",
-                      f"--config.model.path={model_dir}", "--config.data.seq_len=16")
+                      f"--config.model.path={model_dir}", "--config.data.seq_len=16", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(data / "test.predictions.csv", newline="") as f:
         rows = list(csv.reader(f))

@@ -13,9 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import made_once
-from run_state import read_run_state
-from test_general import ROOT, command, general_assets, last_error, metrics, run
+from helpers import ROOT, command, general_assets, last_error, made_once, metrics, read_run_state, run
 
 STEPS = 30
 SETTINGS = ["--config.optimizer.schedule=constant", "--config.optimizer.warmup_ratio=0",

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import safetensors
 from array_record.python.array_record_module import ArrayRecordWriter
-from test_general import command, last_error, run, write_corpus, write_teacher
-from test_task import run_main, save_model, sentence
+from helpers import TEST_SETTINGS, command, last_error, run, run_main, save_model, sentence, write_corpus, write_teacher
 
 from tinybert_jax import convert
 from tinybert_jax.data import augment, augmented_files, loader, prepare, shards
@@ -321,11 +320,11 @@ def test_task_run_refuses_a_damaged_augmented_shard(tmp_path):
             f"--config.student.init={student}", f"--config.augment.mlm_path={mlm}", "--config.augment.n_a=2",
             "--config.augment.max_seq_len=64", "--config.augment.batch_size=16",
             "--config.stage1.num_epochs=0"]  # stops the first run after augmenting, before stage 1 trains
-    first = run_main("task", workdir, *args)
+    first = run_main("task", workdir, *args, settings=TEST_SETTINGS)
     assert "stage1.num_epochs=0" in first.stderr.strip().splitlines()[-1], first.stderr[-2000:]
     bad_file = truncated_shard(workdir / "augmented")
     damaged = snapshot(workdir / "augmented")
-    error = last_error(run_main("task", workdir, *args))
+    error = last_error(run_main("task", workdir, *args, settings=TEST_SETTINGS))
     assert error.startswith(f"error: {bad_file}: damaged ArrayRecord shard")
     assert f"delete {workdir / 'augmented'} to augment again" in error
     assert snapshot(workdir / "augmented") == damaged

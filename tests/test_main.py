@@ -1,32 +1,21 @@
 """The entry point: config file + overrides, locked config, dispatch to a pipeline."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
 import transformers
-from conftest import padded_batch, torch_outputs
+from helpers import padded_batch, run_main, torch_outputs
 
 from tinybert_jax import convert
 from tinybert_jax.models.bert import Bert
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config.model.vocab_size=64", "--config.model.hidden_size=24", "--config.model.num_attention_heads=6",
         "--config.model.num_hidden_layers=2", "--config.model.intermediate_size=40"]
 
 
-def run_main(*args):
-    return subprocess.run([sys.executable, "-m", "tinybert_jax.main", "--config=configs/init_student.py", *args],
-                          capture_output=True, text=True, cwd=ROOT)
-
-
 def test_init_student_pipeline_with_overrides(tmp_path):
-    result = run_main(f"--workdir={tmp_path}", *TINY, "--config.seed=3")
+    result = run_main("init_student", tmp_path, *TINY, "--config.seed=3", in_subprocess=True)
     assert result.returncode == 0, result.stderr
     assert "total" in result.stdout
     cfg, params = convert.load_flax_dir(tmp_path / "flax")
@@ -43,7 +32,7 @@ def test_init_student_pipeline_with_overrides(tmp_path):
 
 
 def test_mistyped_config_key_is_an_error(tmp_path):
-    result = run_main(f"--workdir={tmp_path}", "--config.model.hiden_size=3")
+    result = run_main("init_student", tmp_path, "--config.model.hiden_size=3", in_subprocess=True)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:")
     assert "hiden_size" in result.stderr and 'Did you mean "hidden_size"' in result.stderr
@@ -51,7 +40,8 @@ def test_mistyped_config_key_is_an_error(tmp_path):
 
 
 def test_invalid_model_size_is_one_line(tmp_path):
-    result = run_main(f"--workdir={tmp_path}", "--config.model.hidden_size=30", "--config.model.vocab_size=64")
+    result = run_main("init_student", tmp_path, "--config.model.hidden_size=30", "--config.model.vocab_size=64",
+                      in_subprocess=True)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         "error: config.model: BertConfig.hidden_size=30 is not divisible by num_attention_heads=12")
@@ -59,25 +49,25 @@ def test_invalid_model_size_is_one_line(tmp_path):
 
 
 def test_unknown_pipeline(tmp_path):
-    result = run_main(f"--workdir={tmp_path}", "--config.pipeline=nope")
+    result = run_main("init_student", tmp_path, "--config.pipeline=nope", in_subprocess=True)
     assert result.returncode != 0 and "pipeline 'nope' is unknown" in result.stderr
 
 
 def test_distributed_settings_errors(tmp_path):
-    incomplete = run_main(f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:12399", "--num_processes=2")
+    incomplete = run_main("init_student", tmp_path, "--coordinator_address=127.0.0.1:12399", "--num_processes=2",
+                          in_subprocess=True)
     assert incomplete.returncode == 1
     assert incomplete.stderr.strip().splitlines()[-1] == (
         "error: coordinator address 127.0.0.1:12399 given without the process count and id: set "
         "--num_processes/--process_id or JAX_NUM_PROCESSES/JAX_PROCESS_ID")
-    out_of_range = run_main(f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:12399", "--num_processes=2",
-                            "--process_id=2")
+    out_of_range = run_main("init_student", tmp_path, "--coordinator_address=127.0.0.1:12399", "--num_processes=2",
+                            "--process_id=2", in_subprocess=True)
     assert out_of_range.stderr.strip().splitlines()[-1] == "error: process id 2 is not in [0, 2)"
-    bad_env = subprocess.run([sys.executable, "-m", "tinybert_jax.main", "--config=configs/init_student.py",
-                              f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT,
-                             env={**os.environ, "JAX_COORDINATOR_ADDRESS": "127.0.0.1:12399",
-                                  "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
+    bad_env = run_main("init_student", tmp_path, in_subprocess=True,
+                       env={"JAX_COORDINATOR_ADDRESS": "127.0.0.1:12399", "JAX_NUM_PROCESSES": "two",
+                            "JAX_PROCESS_ID": "0"})
     assert bad_env.stderr.strip().splitlines()[-1] == "error: JAX_NUM_PROCESSES='two' is not a non-negative integer"
-    not_a_cluster = run_main(f"--workdir={tmp_path}", "--distributed=on")
+    not_a_cluster = run_main("init_student", tmp_path, "--distributed=on", in_subprocess=True)
     assert not_a_cluster.stderr.strip().splitlines()[-1].startswith(
         "error: cannot join the distributed runtime at the auto-detected coordinator: ")
     assert not any(tmp_path.iterdir()), "nothing is written"

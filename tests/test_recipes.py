@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from in_process import run_main
-from test_general import general_assets, metrics
+from helpers import general_assets, metrics, run_main
 
 from tinybert_jax import convert
 from tinybert_jax.distill.layer_map import resolve_layer_map
@@ -29,15 +28,10 @@ def assets(shared_dir):
 
 
 def run(assets, config, workdir, steps, *extra, check=True):
-    args = [f"--config=configs/{config}.py", f"--workdir={workdir}",
-            f"--config.teacher.path={assets['teacher']}", f"--config.data.source={assets['corpus']}",
-            f"--config.data.prepared_dir={assets['data']}", "--config.data.seq_len=32",
-            "--config.train.batch_size=8", f"--config.train.num_steps={steps}", "--config.log.every_steps=1",
-            "--config.checkpoint.every_steps=1000", *extra]
-    result = run_main(args)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_main(config, workdir, f"--config.teacher.path={assets['teacher']}",
+                    f"--config.data.source={assets['corpus']}", f"--config.data.prepared_dir={assets['data']}",
+                    "--config.data.seq_len=32", "--config.train.batch_size=8", f"--config.train.num_steps={steps}",
+                    "--config.log.every_steps=1", "--config.checkpoint.every_steps=1000", *extra, check=check)
 
 
 def falls(history, term, steps, factor):

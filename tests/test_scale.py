@@ -13,9 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import XLA_TEST_FLAGS, made_once
-from run_state import read_run_state
-from test_general import ROOT, STUDENT, general_assets, metrics
+from helpers import GENERAL_STUDENT, ROOT, device_env, general_assets, made_once, metrics, read_run_state, run_main
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -28,24 +26,17 @@ def assets(shared_dir):
     return general_assets(shared_dir, "scale")
 
 
+def flags(assets, steps, *extra):
+    """main's flags after --config=configs/general.py and --workdir."""
+    return [f"--config.teacher.path={assets['teacher']}", f"--config.data.source={assets['corpus']}",
+            f"--config.data.prepared_dir={assets['data']}", "--config.data.seq_len=32", "--config.train.batch_size=8",
+            f"--config.train.num_steps={steps}", "--config.log.every_steps=1", "--config.checkpoint.every_steps=10",
+            "--config.optimizer.learning_rate=3e-3", "--config.optimizer.schedule=constant",
+            "--config.optimizer.warmup_ratio=0", *GENERAL_STUDENT, *extra]
+
+
 def main_args(assets, workdir, steps, *extra):
-    return ["--config=configs/general.py", f"--workdir={workdir}", f"--config.teacher.path={assets['teacher']}",
-            f"--config.data.source={assets['corpus']}", f"--config.data.prepared_dir={assets['data']}",
-            "--config.data.seq_len=32", "--config.train.batch_size=8", f"--config.train.num_steps={steps}",
-            "--config.log.every_steps=1", "--config.checkpoint.every_steps=10", "--config.optimizer.learning_rate=3e-3",
-            "--config.optimizer.schedule=constant", "--config.optimizer.warmup_ratio=0", *STUDENT, *extra]
-
-
-def env_for(devices):
-    return {**os.environ, "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}"}
-
-
-def run_main(assets, workdir, steps, *extra, devices=4):
-    result = subprocess.run([sys.executable, "-m", "tinybert_jax.main", *main_args(assets, workdir, steps, *extra)],
-                            cwd=ROOT, env=env_for(devices), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return ["--config=configs/general.py", f"--workdir={workdir}", *flags(assets, steps, *extra)]
 
 
 def assert_same_losses(run, reference, steps, rtol=1e-5):
@@ -57,7 +48,8 @@ def assert_same_losses(run, reference, steps, rtol=1e-5):
 @pytest.fixture(scope="session")
 def reference(assets, shared_dir):
     """1 process x 4 devices, data parallel, STEPS steps."""
-    return made_once(shared_dir, "scale_reference", lambda workdir: run_main(assets, workdir, STEPS))
+    return made_once(shared_dir, "scale_reference", lambda workdir: run_main(
+        "general", workdir, *flags(assets, STEPS), in_subprocess=True, devices=4, check=True))
 
 
 def test_two_processes_match_one_process_then_resume_on_one(assets, reference, tmp_path):
@@ -76,16 +68,18 @@ def test_two_processes_match_one_process_then_resume_on_one(assets, reference, t
     assert (workdir / "export" / "config.json").is_file()
 
     # Saved by 2 processes x 2 devices, resumed by 1 process x 2 devices.
-    resumed = run_main(assets, workdir, STEPS, devices=2)
+    resumed = run_main("general", workdir, *flags(assets, STEPS), in_subprocess=True, devices=2, check=True)
     assert "resuming from step 10" in resumed.stderr
     assert_same_losses(metrics(workdir), metrics(reference), range(11, STEPS + 1))
 
 
 def test_fsdp_on_8_devices_matches_data_parallel_then_resumes_on_4(assets, reference):
     workdir = assets["root"] / "fsdp8"
-    run_main(assets, workdir, 10, "--config.mesh.data=1", "--config.mesh.fsdp=8", devices=8)
+    run_main("general", workdir, *flags(assets, 10, "--config.mesh.data=1", "--config.mesh.fsdp=8"),
+             in_subprocess=True, devices=8, check=True)
     assert_same_losses(metrics(workdir), metrics(reference), range(1, 11))
-    resumed = run_main(assets, workdir, STEPS, "--config.mesh.data=2", "--config.mesh.fsdp=2", devices=4)
+    resumed = run_main("general", workdir, *flags(assets, STEPS, "--config.mesh.data=2", "--config.mesh.fsdp=2"),
+                       in_subprocess=True, devices=4, check=True)
     assert "resuming from step 10" in resumed.stderr
     assert_same_losses(metrics(workdir), metrics(reference), range(11, STEPS + 1))
 
@@ -132,7 +126,7 @@ SHARDING_CHECK = textwrap.dedent("""
 @pytest.mark.parametrize("data, fsdp", [(1, 8), (2, 4)])
 def test_fsdp_splits_student_projection_optimizer_and_teacher(assets, data, fsdp):
     result = subprocess.run([sys.executable, "-c", SHARDING_CHECK, str(assets["teacher"]), str(data), str(fsdp)],
-                            cwd=ROOT, env=env_for(8), capture_output=True, text=True)
+                            cwd=ROOT, env=device_env(8), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = dict(line.split(": ") for line in result.stdout.splitlines())
     assert set(rows) == {"student", "projection", "adam moments", "teacher"}, result.stdout
@@ -145,7 +139,7 @@ def test_fsdp_splits_student_projection_optimizer_and_teacher(assets, data, fsdp
 def test_sigterm_checkpoints_the_current_step_and_exits_0(assets, tmp_path):
     workdir = tmp_path / "preempted"
     args = main_args(assets, workdir, 100000, "--config.checkpoint.every_steps=100000")
-    process = subprocess.Popen([sys.executable, "-m", "tinybert_jax.main", *args], cwd=ROOT, env=env_for(1),
+    process = subprocess.Popen([sys.executable, "-m", "tinybert_jax.main", *args], cwd=ROOT, env=device_env(1),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
@@ -159,7 +153,8 @@ def test_sigterm_checkpoints_the_current_step_and_exits_0(assets, tmp_path):
     assert f"SIGTERM: stopped after step {stopped_at} of 100000" in stderr
     assert (workdir / "checkpoints" / str(stopped_at)).is_dir() and not (workdir / "export").exists()
 
-    resumed = run_main(assets, workdir, stopped_at + 3, "--config.checkpoint.every_steps=100000", devices=1)
+    resumed = run_main("general", workdir, *flags(assets, stopped_at + 3, "--config.checkpoint.every_steps=100000"),
+                       in_subprocess=True, devices=1, check=True)
     assert f"resuming from step {stopped_at}" in resumed.stderr
     steps = [int(line.split(",")[0].split(":")[1]) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, stopped_at + 4)), "the resumed run continues after the checkpointed step"
@@ -167,7 +162,8 @@ def test_sigterm_checkpoints_the_current_step_and_exits_0(assets, tmp_path):
 
 def test_bfloat16_trains_and_starts_within_bf16_tolerance_of_float32(assets, reference):
     workdir = assets["root"] / "bf16"
-    run_main(assets, workdir, STEPS, "--config.dtype=bfloat16")
+    run_main("general", workdir, *flags(assets, STEPS, "--config.dtype=bfloat16"), in_subprocess=True, devices=4,
+             check=True)
     bf16, fp32 = metrics(workdir), metrics(reference)
     for term in TERMS:
         np.testing.assert_allclose(bf16[1][term], fp32[1][term], rtol=3e-2, err_msg=term)

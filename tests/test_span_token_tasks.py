@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from test_task import FILLER, run_main, save_model
+from helpers import FILLER, TEST_SETTINGS, run_main, save_model
 
 from configs import task as task_config
 from tinybert_jax import convert
@@ -88,7 +88,8 @@ def fine_tune_and_distil(tmp_path, task, data, teacher_epochs, stage2_epochs, au
     teacher = tmp_path / "teacher"
     result = run_main("finetune", teacher, f"--config.task={task}", f"--config.data.source={data}",
                       f"--config.teacher.path={pretrained}", "--config.train.batch_size=16",
-                      f"--config.train.num_epochs={teacher_epochs}", "--config.optimizer.learning_rate=2e-3", *TAIL)
+                      f"--config.train.num_epochs={teacher_epochs}", "--config.optimizer.learning_rate=2e-3", *TAIL,
+                      settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     student = save_model(tmp_path / "student", "BertModel", vocab=VOCAB, num_hidden_layers=1)
     workdir = tmp_path / "distilled"
@@ -99,7 +100,7 @@ def fine_tune_and_distil(tmp_path, task, data, teacher_epochs, stage2_epochs, au
                       "--config.stage1.batch_size=16", f"--config.data.buckets={buckets}",
                       "--config.stage1.num_epochs=1", "--config.stage1.optimizer.learning_rate=1e-3",
                       "--config.stage2.batch_size=16", f"--config.stage2.num_epochs={stage2_epochs}",
-                      "--config.stage2.optimizer.learning_rate=3e-3", *TAIL)
+                      "--config.stage2.optimizer.learning_rate=3e-3", *TAIL, settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((teacher / "report.json").read_text()), json.loads((workdir / "report.json").read_text())
 
@@ -269,7 +270,7 @@ def test_bad_task_files_stop_the_run_in_one_line(tmp_path, task, write, name, fa
     fault(data / name)
     pretrained = save_model(tmp_path / "pretrained", "BertForMaskedLM", vocab=VOCAB)
     result = run_main("finetune", tmp_path / "teacher", f"--config.task={task}", f"--config.data.source={data}",
-                      f"--config.teacher.path={pretrained}", *TAIL)
+                      f"--config.teacher.path={pretrained}", *TAIL, settings=TEST_SETTINGS)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and message in last and f"{name}:" in last, result.stderr[-2000:]
     assert not (tmp_path / "teacher" / "export").exists()

@@ -5,21 +5,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import padded_batch
+from helpers import STEP_STUDENT as STUDENT
+from helpers import STEP_TEACHER as TEACHER
+from helpers import padded_batch
 
 from tinybert_jax import sharding
 from tinybert_jax.distill.layer_map import resolve_layer_map
 from tinybert_jax.distill.matches import preset_matches
 from tinybert_jax.distill.spec import init_trainable
 from tinybert_jax.distill.step import DistillSpec, make_distill_step, trim_teacher
-from tinybert_jax.models.bert import BertConfig, abstract_params, init_params
+from tinybert_jax.models.bert import abstract_params, init_params
 from tinybert_jax.train.engine import create_state
 from tinybert_jax.train.optimizer import make_optimizer
-
-TEACHER = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-                     max_position_embeddings=16, mlm_head=True)
-STUDENT = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
-                     max_position_embeddings=16, mlm_head=True)
 
 
 def optimizer_config(name="adamw", lr=3e-3):

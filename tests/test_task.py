@@ -4,63 +4,11 @@ import json
 import shutil
 from pathlib import Path
 
-import in_process
 import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import made_once, make_hf_model
-from test_general import last_error
-
-POSITIVE = "good great fine lovely superb".split()
-NEGATIVE = "bad awful poor boring dull".split()
-FILLER = "the a movie film story plot actor scene was is and it this very quite really".split()
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + POSITIVE + NEGATIVE + FILLER
-TINY = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-            max_position_embeddings=64)
-
-
-def sentence(rng, label):
-    words = list(rng.choice(FILLER, rng.integers(3, 7)))
-    words.insert(int(rng.integers(0, len(words) + 1)), rng.choice(POSITIVE if label else NEGATIVE))
-    return " ".join(words)
-
-
-def write_sst2(directory: Path, seed=0):
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True)
-    for split, size in (("train", 160), ("dev", 48)):
-        labels = rng.integers(0, 2, size)
-        rows = ["sentence\tlabel"] + [f"{sentence(rng, y)}\t{y}" for y in labels]
-        (directory / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    return directory
-
-
-def save_model(directory: Path, cls_name: str, vocab=VOCAB, **overrides):
-    directory.mkdir(parents=True)
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(str(directory / "vocab.txt")).save_pretrained(directory)
-    make_hf_model(cls_name, **{**TINY, "vocab_size": len(vocab), **overrides}).save_pretrained(directory)
-    return directory
-
-
-# What tests set unless they say otherwise, so that each run is as long as its test asks: fixed padding (at these
-# tiny sizes length buckets only add compilations; tests/test_buckets.py and the tests that set them cover them),
-# no min_steps floor, no early stopping and one dev evaluation at the end (the defaults' own tests set them).
-TEST_SETTINGS = {
-    "finetune": {"data.buckets": "", "train.min_steps": "0", "eval.patience": "0", "eval.every_steps": "500"},
-    "task": {"data.buckets": "", "stage1.min_steps": "0", "stage2.min_steps": "0", "eval.patience": "0",
-             "eval.every_steps": "500"},
-    "predict": {"data.buckets": ""},
-}
-
-
-def run_main(config, workdir, *overrides):
-    """main in process, with TEST_SETTINGS where the test gives no value."""
-    given = {override.split("=", 1)[0] for override in overrides}
-    defaults = [f"--config.{key}={value}" for key, value in TEST_SETTINGS.get(config, {}).items()
-                if f"--config.{key}" not in given]
-    return in_process.run_main([f"--config=configs/{config}.py", f"--workdir={workdir}", *defaults, *overrides])
+from helpers import FILLER, TEST_SETTINGS, last_error, made_once, run_main, save_model, sentence, write_sst2
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +21,7 @@ def finetuned(shared_dir):
         result = run_main("finetune", root / "teacher", f"--config.data.source={data}",
                           f"--config.teacher.path={pretrained}", "--config.train.batch_size=16",
                           "--config.train.num_epochs=25", "--config.optimizer.learning_rate=1e-3",
-                          "--config.eval.every_steps=50", "--config.log.every_steps=10")
+                          "--config.eval.every_steps=50", "--config.log.every_steps=10", settings=TEST_SETTINGS)
         assert result.returncode == 0, result.stderr[-3000:]
 
     root = made_once(shared_dir, "task", make)
@@ -101,7 +49,7 @@ def test_two_stage_distillation_end_to_end(finetuned):
             "--config.stage1.optimizer.learning_rate=1e-3", "--config.stage2.batch_size=16",
             "--config.stage2.num_epochs=4", "--config.stage2.optimizer.learning_rate=2e-3",
             "--config.eval.every_steps=50", "--config.log.every_steps=10", "--config.data.buckets=16"]
-    result = run_main("task", workdir, *args)
+    result = run_main("task", workdir, *args, settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     assert report["retention_percent"] >= 90.0, report
@@ -126,14 +74,14 @@ def test_two_stage_distillation_end_to_end(finetuned):
     # a finished run is skipped stage by stage on re-run: no stage trains again
     logs = {p: p.read_text() for p in workdir.rglob("metrics.jsonl")}
     assert len(logs) == 2
-    again = run_main("task", workdir, *args)
+    again = run_main("task", workdir, *args, settings=TEST_SETTINGS)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.read_text() for p in workdir.rglob("metrics.jsonl")} == logs
     assert json.loads((workdir / "report.json").read_text())["student_score"] == report["student_score"]
 
     # other augmentation settings: the finished stage 1 was trained on other data, so the run is refused at once
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    other = run_main("task", workdir, *[a.replace("n_a=3", "n_a=4") for a in args])
+    other = run_main("task", workdir, *[a.replace("n_a=3", "n_a=4") for a in args], settings=TEST_SETTINGS)
     error = last_error(other)
     assert "stage1 holds stage 1 made from other inputs" in error and "augment.n_a: 3 vs 4" in error, error
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
@@ -143,7 +91,7 @@ def test_teacher_with_the_wrong_label_count(finetuned, tmp_path):
     root, data, pretrained = finetuned
     teacher = save_model(tmp_path / "three_labels", "BertForSequenceClassification", num_labels=3)
     result = run_main("task", tmp_path / "w", f"--config.data.source={data}", f"--config.teacher.path={teacher}",
-                      f"--config.student.init={teacher}")
+                      f"--config.student.init={teacher}", settings=TEST_SETTINGS)
     assert result.returncode != 0
     assert "needs 2" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "w" / "export").exists()
@@ -159,7 +107,8 @@ def test_task_stage1_with_minilm_v2_relations(finetuned):
                       "--config.augment.enabled=False", "--config.loss.preset=minilm_v2",
                       "--config.loss.relation_heads=4", "--config.stage1.batch_size=16",
                       "--config.stage1.num_epochs=3", "--config.stage1.optimizer.learning_rate=1e-3",
-                      "--config.stage2.batch_size=16", "--config.stage2.num_epochs=1", "--config.log.every_steps=1")
+                      "--config.stage2.batch_size=16", "--config.stage2.num_epochs=1", "--config.log.every_steps=1",
+                      settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (workdir / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert "relations" in rows[0] and "attention" not in rows[0]
@@ -189,7 +138,7 @@ def test_teacher_in_another_label_order_is_remapped(finetuned, tmp_path):
     result = run_main("task", workdir, f"--config.data.source={data}", f"--config.teacher.path={teacher}",
                       f"--config.student.init={student}", "--config.augment.enabled=False",
                       "--config.stage1.batch_size=16", "--config.stage1.num_steps=4", "--config.stage2.batch_size=16",
-                      "--config.stage2.num_steps=10", "--config.eval.every_steps=10")
+                      "--config.stage2.num_steps=10", "--config.eval.every_steps=10", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((workdir / "report.json").read_text())["teacher_score"] >= 0.9
     # stage 2's cached targets are in the task's label order, i.e. the logits of the teacher before the swap
@@ -209,7 +158,8 @@ def test_teacher_near_chance_stops_before_augmentation(finetuned, tmp_path):
     teacher = swapped_teacher(root / "teacher" / "export", tmp_path / "generic", None)
     workdir = tmp_path / "w"
     result = run_main("task", workdir, f"--config.data.source={data}", f"--config.teacher.path={teacher}",
-                      f"--config.student.init={teacher}", f"--config.augment.mlm_path={pretrained}")
+                      f"--config.student.init={teacher}", f"--config.augment.mlm_path={pretrained}",
+                      settings=TEST_SETTINGS)
     error = last_error(result)
     assert "within 0.05 of chance" in error and "id2label" in error and "--config.teacher.check_score=False" in error
     assert not (workdir / "augmented").exists() and not (workdir / "stage1").exists()
@@ -237,7 +187,7 @@ def test_regression_stage2_distils_the_teachers_predictions(finetuned, tmp_path)
                       f"--config.data.source={write_stsb(tmp_path / 'STS-B')}",
                       f"--config.teacher.path={pretrained}", "--config.data.seq_len=32", "--config.train.batch_size=16",
                       "--config.train.num_epochs=20", "--config.optimizer.learning_rate=2e-3",
-                      "--config.eval.every_steps=50")
+                      "--config.eval.every_steps=50", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     student = save_model(tmp_path / "student", "BertModel", hidden_size=16, intermediate_size=24)
     workdir = tmp_path / "w"
@@ -246,7 +196,8 @@ def test_regression_stage2_distils_the_teachers_predictions(finetuned, tmp_path)
                       f"--config.teacher.path={teacher_run / 'export'}", f"--config.student.init={student}",
                       "--config.augment.enabled=False", "--config.data.seq_len=32", "--config.stage1.batch_size=16",
                       "--config.stage1.num_epochs=3", "--config.stage2.batch_size=16", "--config.stage2.num_epochs=20",
-                      "--config.stage2.optimizer.learning_rate=2e-3", "--config.eval.every_steps=40")
+                      "--config.stage2.optimizer.learning_rate=2e-3", "--config.eval.every_steps=40",
+                      settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     assert report["teacher_score"] > 0.8, report
@@ -266,7 +217,7 @@ def test_leaderboard_predictions_of_an_exported_classifier(finetuned, tmp_path):
     (sst2 / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, s in enumerate(sentences)))
     export = root / "teacher" / "export"
     result = run_main("predict", tmp_path / "sst2", "--config.task=sst2", f"--config.data.source={sst2}",
-                      f"--config.model.path={export}", "--config.data.seq_len=64")
+                      f"--config.model.path={export}", "--config.data.seq_len=64", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("\t") for line in (tmp_path / "sst2" / "SST-2.tsv").read_text().splitlines()]
     assert rows[0] == ["index", "prediction"] and [r[0] for r in rows[1:]] == [str(i) for i in range(30)]
@@ -286,7 +237,7 @@ def test_leaderboard_predictions_of_an_exported_classifier(finetuned, tmp_path):
         (mnli / f"{split}.tsv").write_text(header + "".join(f"{i}\tp\tq\tg\t{a}\t{b}\n"
                                                             for i, (a, b) in enumerate(pairs[split])))
     result = run_main("predict", tmp_path / "mnli", "--config.task=mnli", f"--config.data.source={mnli}",
-                      f"--config.model.path={model_dir}", "--config.data.seq_len=64")
+                      f"--config.model.path={model_dir}", "--config.data.seq_len=64", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     glue_labels = ("entailment", "neutral", "contradiction")
     for split, name in (("test_matched", "MNLI-m"), ("test_mismatched", "MNLI-mm")):
@@ -297,7 +248,7 @@ def test_leaderboard_predictions_of_an_exported_classifier(finetuned, tmp_path):
         # the model's ids are not GLUE's, so writing its raw argmax would name other labels
         assert any(config.label2id[name] != glue_labels.index(name) for name in expected)
     missing = run_main("predict", tmp_path / "none", "--config.task=sst2", f"--config.data.source={mnli}",
-                       f"--config.model.path={export}")
+                       f"--config.model.path={export}", settings=TEST_SETTINGS)
     assert "test.tsv: not found" in last_error(missing)
 
 
@@ -317,7 +268,7 @@ def test_stage2_per_seed_reports_each_seed_and_exports_the_best(finetuned, tmp_p
               "--config.stage1.num_steps=4", "--config.stage2.batch_size=16", "--config.stage2.num_steps=12",
               "--config.stage2.optimizer.learning_rate=2e-3", "--config.eval.every_steps=6"]
     workdir = tmp_path / "seeds"
-    result = run_main("task", workdir, *common, "--config.seeds=3,7")
+    result = run_main("task", workdir, *common, "--config.seeds=3,7", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     scores = {seed: json.loads((workdir / "stage2" / f"seed_{seed}" / "best" / "best.json").read_text())["score"]
@@ -333,7 +284,8 @@ def test_stage2_per_seed_reports_each_seed_and_exports_the_best(finetuned, tmp_p
 
     whole = tmp_path / "whole"
     result = run_main("task", whole, *common, "--config.seeds=0,1", "--config.seeds_whole_pipeline=True",
-                      "--config.stage1.num_steps=2", "--config.stage2.num_steps=4", "--config.eval.every_steps=4")
+                      "--config.stage1.num_steps=2", "--config.stage2.num_steps=4", "--config.eval.every_steps=4",
+                      settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((whole / "report.json").read_text())
     per_seed = {str(seed): json.loads((whole / f"seed_{seed}" / "report.json").read_text())["student_score"]
@@ -342,12 +294,13 @@ def test_stage2_per_seed_reports_each_seed_and_exports_the_best(finetuned, tmp_p
     # one listed seed is still the seed of the whole pipeline, not config.seed
     single = tmp_path / "single"
     result = run_main("task", single, *common, "--config.seeds=5", "--config.seeds_whole_pipeline=True",
-                      "--config.stage1.num_steps=2", "--config.stage2.num_steps=4", "--config.eval.every_steps=4")
+                      "--config.stage1.num_steps=2", "--config.stage2.num_steps=4", "--config.eval.every_steps=4",
+                      settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(json.loads((single / "report.json").read_text())["seed_scores"]) == ["5"]
     assert (single / "seed_5" / "stage1" / "student" / "bert_config.json").is_file()
     assert not (single / "stage1").exists()
-    bad = run_main("task", tmp_path / "bad", *common, "--config.seeds=0,x")
+    bad = run_main("task", tmp_path / "bad", *common, "--config.seeds=0,x", settings=TEST_SETTINGS)
     assert "seeds='0,x': give integer seeds" in last_error(bad)
 
 
@@ -361,16 +314,17 @@ def test_stage2_and_its_export_are_refused_under_other_stage2_settings(finetuned
               "--config.stage1.num_steps=2", "--config.stage2.batch_size=16", "--config.stage2.num_steps=4",
               "--config.eval.every_steps=4"]
     workdir = tmp_path / "w"
-    assert run_main("task", workdir, *common).returncode == 0
+    assert run_main("task", workdir, *common, settings=TEST_SETTINGS).returncode == 0
     exported = (workdir / "export" / "model.safetensors").read_bytes()
-    changed = run_main("task", workdir, *common, "--config.stage2.temperature=2.0")
+    changed = run_main("task", workdir, *common, "--config.stage2.temperature=2.0", settings=TEST_SETTINGS)
     assert changed.returncode != 0 and "stage2.temperature: 1.0 vs 2.0" in last_error(changed)
     assert (workdir / "export" / "model.safetensors").read_bytes() == exported
     # a stage 2 stopped half-way (no export yet) does not resume under another learning rate either
     shutil.rmtree(workdir / "export")
-    changed = run_main("task", workdir, *common, "--config.stage2.optimizer.learning_rate=0.5")
+    changed = run_main("task", workdir, *common, "--config.stage2.optimizer.learning_rate=0.5", settings=TEST_SETTINGS)
     assert "stage2.optimizer.learning_rate: " in last_error(changed)
-    again = run_main("task", workdir, *common)  # the same settings: stage 2 trains again and exports
+    # the same settings: stage 2 trains again and exports
+    again = run_main("task", workdir, *common, settings=TEST_SETTINGS)
     assert again.returncode == 0 and (workdir / "export" / "model.safetensors").is_file()
 
 
@@ -382,7 +336,7 @@ def test_finetuning_stops_at_its_plateau_on_dev_and_reports_the_curve(finetuned,
     result = run_main("finetune", workdir, f"--config.data.source={data}", f"--config.teacher.path={pretrained}",
                       "--config.train.batch_size=16", "--config.train.num_epochs=1", "--config.train.min_steps=400",
                       "--config.optimizer.learning_rate=1e-3", "--config.eval.every_steps=10",
-                      "--config.eval.patience=2")
+                      "--config.eval.patience=2", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     curve = {int(step): score for step, score in report["dev_curve"].items()}
@@ -403,7 +357,7 @@ def test_the_report_compares_with_fine_tuning_the_student_directly(finetuned, tm
                       "--config.augment.enabled=False", "--config.stage1.batch_size=16", "--config.stage1.num_steps=4",
                       "--config.stage2.batch_size=16", "--config.stage2.num_steps=8", "--config.eval.every_steps=4",
                       "--config.baseline.finetune=True", "--config.baseline.learning_rates=1e-3,3e-3",
-                      "--config.baseline.num_epochs=0.2", "--config.baseline.batch_size=16")
+                      "--config.baseline.num_epochs=0.2", "--config.baseline.batch_size=16", settings=TEST_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "report.json").read_text())
     runs = {name: json.loads((workdir / "baseline" / directory / "best" / "best.json").read_text())["score"]
@@ -423,6 +377,6 @@ def test_stage1_settings_are_checked_before_augmentation(finetuned, tmp_path):
     result = run_main("task", workdir, f"--config.data.source={data}",
                       f"--config.teacher.path={root / 'teacher' / 'export'}", f"--config.student.init={student}",
                       f"--config.augment.mlm_path={tmp_path / 'no_such_mlm'}", "--config.loss.preset=custom",
-                      "--config.loss.matches=prediction logits_soft_ce 0 0 1")
+                      "--config.loss.matches=prediction logits_soft_ce 0 0 1", settings=TEST_SETTINGS)
     assert "term 'prediction'" in last_error(result)
     assert not (workdir / "augmented").exists() and not (workdir / "stage1" / "checkpoints").exists()

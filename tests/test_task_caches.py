@@ -6,8 +6,8 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import counted_traces
 from flax import serialization
+from helpers import counted_traces
 
 from tinybert_jax import convert
 from tinybert_jax.data import glue
