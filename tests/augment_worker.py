@@ -1,4 +1,4 @@
-"""One process of a multi-process (or multi-device) augmentation, for tests/test_augment.py:
+"""One process of a multi-process (or multi-device) augmentation, for tests/unit/test_augment.py:
 
     python tests/augment_worker.py MLM_DIR GLOVE_FILE SENTENCES_JSON OUT_DIR CHUNK_SIZE [KILL_AT_CHUNK]
 

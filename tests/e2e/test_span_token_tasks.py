@@ -183,7 +183,7 @@ def test_squad_fine_tune_distil_and_export(tmp_path, task, version):
 
 def test_conll_fine_tune_distil_and_export(tmp_path):
     data = write_conll(tmp_path / "conll")
-    # augmentation of tagged sentences: tests/test_augment.py; here the run in length buckets
+    # augmentation of tagged sentences: tests/unit/test_augment.py; here the run in length buckets
     teacher, student = fine_tune_and_distil(tmp_path, "conll2003", data, teacher_epochs=4, stage2_epochs=4,
                                             augment=False, buckets="16")
     assert teacher["score"] >= 0.8, teacher

@@ -2,11 +2,11 @@
 augmented data stops a run before its first step, and bad GloVe rows, GLUE TSV rows and teacher config.json
 fields are one line naming the file, line or key, and what is valid.
 
-Covered elsewhere, not repeated here: tests/test_bad_input.py (teacher config.json that is not JSON, another
-model_type, missing or mis-shaped weights, damaged safetensors), tests/test_glue.py (wrong field count, label
-outside the task, STS-B score out of range, missing file or column), tests/test_augment.py::test_bad_glove_files
-(wrong dimension, a word in place of a number, empty or missing file), tests/test_data.py (metadata.json missing or
-without format_version, damaged token counts).
+Covered elsewhere, not repeated here: tests/faults/test_bad_input.py (teacher config.json that is not JSON,
+another model_type, missing or mis-shaped weights, damaged safetensors), tests/unit/test_glue.py (wrong field
+count, label outside the task, STS-B score out of range, missing file or column),
+tests/unit/test_augment.py::test_bad_glove_files (wrong dimension, a word in place of a number, empty or missing
+file), tests/unit/test_data.py (metadata.json missing or without format_version, damaged token counts).
 """
 import errno
 import json

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT as REPO
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
-REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
 # Spaces, a glob, both quote characters, and words a shell would expand or act on: all must arrive unchanged.
 MAIN = ["--config=configs/general.py", "--workdir=/shared/work dir", "--config.data.source=/data/my corpus/*.txt",
