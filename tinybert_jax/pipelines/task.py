@@ -116,6 +116,11 @@ class TaskRun:
     prints: dict[str, dict]  # cache_keys.task_fingerprints
 
     @property
+    def classifier_cfg(self) -> BertConfig:
+        """Stage 2's model: the student with the task's head."""
+        return classifier.classifier_config(self.student_cfg, self.task)
+
+    @property
     def stage2_dirs(self) -> dict[int, Path]:
         """One stage 2 per seed (config.seeds; else WORKDIR/stage2 with config.seed), all from the same stage 1."""
         return {seed: self.workdir / "stage2" / (f"seed_{seed}" if self.config.seeds else "")
@@ -172,7 +177,7 @@ def stage2(run: TaskRun, train: Arrays) -> list[tuple[str, str]]:
         fingerprint.write(stored, run.prints["stage2"])
     distributed.barrier("stage 2 fingerprint written")
     _, stage1_params = convert.load_flax_dir(workdir / "stage1" / "student")
-    classifier_cfg = classifier.classifier_config(run.student_cfg, task)
+    classifier_cfg = run.classifier_cfg
     init = {**stage1_params, **({"pooler": run.student_params["pooler"]}
                                 if "pooler" in run.student_params and classifier_cfg.pooler else {})}
     train["teacher_logits"] = teacher_logits(run.teacher_cfg, run.teacher_params, run.permutation, train,
@@ -198,9 +203,8 @@ def write_report(run: TaskRun, train: Arrays) -> list[tuple[str, str]]:
                   for seed, directory in run.stage2_dirs.items()}
     seed_scores = {seed: best["score"] for seed, best in best_files.items()}
     best_seed = max(seed_scores, key=seed_scores.get)
-    classifier_cfg = classifier.classifier_config(run.student_cfg, task)
     _, best_params = convert.load_flax_dir(run.stage2_dirs[best_seed] / "best" / "params")
-    student_scores = evaluate(classifier_cfg, best_params, run.dev_sets, config.eval.batch_size)
+    student_scores = evaluate(run.classifier_cfg, best_params, run.dev_sets, config.eval.batch_size)
     teacher_score, student_score = main_score(task, run.teacher_scores), main_score(task, student_scores)
     retention = 100.0 * student_score / teacher_score if teacher_score else float("nan")
     seeds_report, seed_rows = seed_summary(seed_scores) if config.seeds else ({}, [])
